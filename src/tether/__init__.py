@@ -1,0 +1,1 @@
+"""tether: a durable, bounded, observed runtime for LLM agents."""
