@@ -1,0 +1,9 @@
+"""The runtime: the agent loop, run state folded from events, the Runtime API and workers."""
+
+from __future__ import annotations
+
+from tether.runtime.loop import EventSink, RunLoop
+from tether.runtime.runner import Runtime, Worker, WorkerStats, load_target
+from tether.runtime.state import RunState
+
+__all__ = ["EventSink", "RunLoop", "RunState", "Runtime", "Worker", "WorkerStats", "load_target"]

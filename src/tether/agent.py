@@ -1,0 +1,58 @@
+"""Agent: plain configuration — instructions, model, tools and limits; no behaviour hidden in it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tether.errors import ConfigurationError
+from tether.models.base import Model
+from tether.tools import Tool
+
+DEFAULT_MAX_STEPS = 10
+
+
+@dataclass(frozen=True)
+class Agent:
+    """What an agent is. `model` is a spec (`openai:gpt-4o-mini`) or a Model; runs may override it.
+
+    `max_steps` bounds the model turns of one run; reaching it hands the run to a person.
+    `max_invalid_tool_turns` bounds consecutive turns whose every call was unknown or malformed.
+    """
+
+    name: str
+    instructions: str = ""
+    model: str | Model | None = None
+    tools: Sequence[Tool] = ()
+    version: str = "1"
+    max_steps: int = DEFAULT_MAX_STEPS
+    max_invalid_tool_turns: int = 3
+    _by_name: dict[str, Tool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.strip():
+            raise ConfigurationError("an agent needs a non-empty name")
+        if self.max_steps < 1:
+            raise ConfigurationError(
+                f"agent {self.name!r}: max_steps must be >= 1, not {self.max_steps}"
+            )
+        if self.max_invalid_tool_turns < 1:
+            raise ConfigurationError(f"agent {self.name!r}: max_invalid_tool_turns must be >= 1")
+        by_name: dict[str, Tool] = {}
+        for item in self.tools:
+            if not isinstance(item, Tool):
+                raise ConfigurationError(
+                    f"agent {self.name!r}: {item!r} is not a tool; decorate it with @tether.tool"
+                )
+            if item.name in by_name:
+                raise ConfigurationError(f"agent {self.name!r}: two tools are named {item.name!r}")
+            by_name[item.name] = item
+        object.__setattr__(self, "tools", tuple(self.tools))
+        object.__setattr__(self, "_by_name", by_name)
+
+    def tool(self, name: str) -> Tool | None:
+        return self._by_name.get(name)
+
+    @property
+    def tool_names(self) -> list[str]:
+        return list(self._by_name)

@@ -1,0 +1,318 @@
+"""The agent loop: decide the next step, act, observe — each step recorded before the next one.
+
+Resuming a run is the same code as running it: the loop folds the event log into a RunState and
+continues from wherever the log stops. A recorded model response or tool result is never requested
+or executed again; a write tool whose intent was recorded but whose result was not is re-invoked
+with the same idempotency key only if it declared itself idempotent — otherwise a person decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tether.agent import Agent
+from tether.errors import ModelError, ToolArgumentsError, ToolError, ToolTimeoutError, classify
+from tether.models.base import Model
+from tether.runtime.state import RunState
+from tether.store.base import EventDraft, OperationWrite, RunStore
+from tether.tools import ToolContext, tool_result_text, to_jsonable, unknown_tool_error
+from tether.types import (
+    EventKind,
+    JsonDict,
+    Message,
+    ModelRequest,
+    Run,
+    RunEvent,
+    RunStatus,
+    ToolCall,
+    Usage,
+)
+
+logger = logging.getLogger("tether.runtime")
+
+EventSink = Callable[[RunEvent], None]
+
+
+class RunLoop:
+    """Executes one run while holding its lease; every write is fenced by that lease."""
+
+    def __init__(
+        self,
+        *,
+        store: RunStore,
+        agent: Agent,
+        model: Model,
+        run: Run,
+        owner: str,
+        events: list[RunEvent],
+        sinks: Sequence[EventSink] = (),
+    ) -> None:
+        self.store = store
+        self.agent = agent
+        self.model = model
+        self.run = run
+        self.owner = owner
+        self.state = RunState.fold(run.id, events)
+        self.sinks = sinks
+        self._append_lock = asyncio.Lock()
+        self._system = (
+            (Message(role="system", content=agent.instructions),) if agent.instructions else ()
+        )
+        self._tool_definitions = tuple(t.definition for t in agent.tools)
+
+    async def execute(self) -> RunStatus:
+        """Drive the run until it ends or waits for a person; return the status it reached."""
+        state = self.state
+        if self.run.attempts > 1:
+            await self._append(
+                EventDraft(
+                    EventKind.RUN_RESUMED,
+                    {
+                        "attempt": self.run.attempts,
+                        "worker": self.owner,
+                        "from_seq": state.next_seq,
+                    },
+                )
+            )
+        while True:
+            if state.completed_output is not None:
+                return RunStatus.SUCCEEDED
+            pending = state.pending_calls
+            if pending:
+                status = await self._run_tool_calls(pending)
+                if status is not None:
+                    return status
+                continue
+            answer = state.final_answer
+            if answer is not None:
+                return await self._finish(
+                    RunStatus.SUCCEEDED,
+                    EventDraft(
+                        EventKind.RUN_COMPLETED, {"output": answer, "usage": state.usage.to_dict()}
+                    ),
+                    output=answer,
+                )
+            if state.turns >= self.agent.max_steps:
+                return await self._escalate(
+                    "step_limit",
+                    f"The run used all {self.agent.max_steps} steps without an answer; "
+                    "a person should decide how to continue.",
+                )
+            status = await self._call_model()
+            if status is not None:
+                return status
+
+    async def _call_model(self) -> RunStatus | None:
+        state = self.state
+        turn = state.turns
+        await self._append(
+            EventDraft(
+                EventKind.MODEL_REQUEST,
+                {"turn": turn, "model": self.model.name, "messages": len(state.messages)},
+            )
+        )
+        request = ModelRequest(
+            messages=(*self._system, *state.messages),
+            tools=self._tool_definitions,
+            run_id=self.run.id,
+            turn=turn,
+        )
+        try:
+            response = await self.model.request(request)
+        except ModelError as exc:
+            error_class = classify(exc)
+            return await self._finish(
+                RunStatus.FAILED,
+                EventDraft(
+                    EventKind.RUN_FAILED,
+                    {
+                        "error_class": str(error_class),
+                        "error": type(exc).__name__,
+                        "message": str(exc),
+                        "turn": turn,
+                    },
+                ),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        data = response.to_dict()
+        data["turn"] = turn
+        await self._append(EventDraft(EventKind.MODEL_RESPONSE, data), usage=response.usage)
+        return None
+
+    async def _run_tool_calls(self, pending: list[tuple[int, ToolCall]]) -> RunStatus | None:
+        state = self.state
+        for index, call in pending:
+            tool = self.agent.tool(call.name)
+            if index in state.intents and tool is not None and not tool.idempotent:
+                return await self._escalate(
+                    "unknown_outcome",
+                    f"Tool {call.name!r} may or may not have run before the worker stopped, and it is "
+                    "not idempotent, so it was not run again. A person must check whether it "
+                    "happened.",
+                    {"tool": call.name, "arguments": call.arguments, **state.intents[index]},
+                )
+        await asyncio.gather(*(self._run_tool_call(index, call) for index, call in pending))
+        for index, call in enumerate(state.last_response.tool_calls if state.last_response else ()):
+            result = state.results.get(index, {})
+            tool = self.agent.tool(call.name)
+            if result.get("outcome") == "unknown" and tool is not None and not tool.idempotent:
+                return await self._escalate(
+                    "unknown_outcome",
+                    f"Tool {call.name!r} timed out, so whether it took effect is unknown, and it is "
+                    "not idempotent. A person must check whether it happened.",
+                    {"tool": call.name, "arguments": call.arguments, "index": index},
+                )
+        if state.invalid_turns >= self.agent.max_invalid_tool_turns:
+            return await self._escalate(
+                "invalid_tool_calls",
+                f"The model made invalid tool calls {state.invalid_turns} turns in a row.",
+            )
+        return None
+
+    async def _run_tool_call(self, index: int, call: ToolCall) -> None:
+        turn = self.state.turns - 1
+        base: JsonDict = {"turn": turn, "index": index, "call_id": call.id, "tool": call.name}
+        tool = self.agent.tool(call.name)
+        if tool is None:
+            error: ToolError = unknown_tool_error(call.name, self.agent.tool_names)
+            await self._record_invalid(base, error)
+            return
+        try:
+            arguments = tool.validate(call.arguments, call.raw_arguments)
+        except ToolArgumentsError as exc:
+            await self._record_invalid(base, exc)
+            return
+        key = f"{self.run.id}:{turn}:{index}"
+        prior = self.state.intents.get(index)
+        attempt = prior["attempt"] + 1 if prior else 1
+        if tool.side_effect == "write":
+            intent = {
+                **base,
+                "arguments": call.arguments,
+                "idempotency_key": key,
+                "attempt": attempt,
+            }
+            await self._append(
+                EventDraft(EventKind.TOOL_INTENT, intent),
+                operations=(
+                    OperationWrite(key, self.run.id, tool.name, "intent", arguments=call.arguments),
+                ),
+            )
+        context = ToolContext(
+            run_id=self.run.id,
+            idempotency_key=key,
+            principal=self.run.principal,
+            attempt=attempt,
+            tool_name=tool.name,
+            call_id=call.id,
+        )
+        started = time.perf_counter()
+        result: JsonDict = {**base, "attempt": attempt}
+        value: Any = None
+        try:
+            value = await tool.invoke(arguments, context)
+            result.update(ok=True, outcome="succeeded", content=tool_result_text(value))
+        except ToolTimeoutError as exc:
+            result.update(
+                ok=False, outcome="unknown", content=exc.message_for_model, error="timeout"
+            )
+        except ToolError as exc:
+            result.update(ok=False, outcome="failed", content=exc.message_for_model, error="failed")
+        result["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        operations: tuple[OperationWrite, ...] = ()
+        if tool.side_effect == "write":
+            outcome = result["outcome"]
+            stored = (
+                {"value": to_jsonable(value)}
+                if outcome == "succeeded"
+                else {"error": result["content"]}
+            )
+            operations = (OperationWrite(key, self.run.id, tool.name, outcome, result=stored),)
+        await self._append(EventDraft(EventKind.TOOL_RESULT, result), operations=operations)
+
+    async def _record_invalid(self, base: JsonDict, error: ToolError) -> None:
+        # Not an exception that ends the run: the model reads what to fix and tries again.
+        await self._append(
+            EventDraft(
+                EventKind.TOOL_RESULT,
+                {
+                    **base,
+                    "ok": False,
+                    "outcome": "failed",
+                    "invalid": True,
+                    "error": type(error).__name__,
+                    "content": error.message_for_model,
+                },
+            )
+        )
+
+    async def _escalate(
+        self, reason: str, message: str, context: JsonDict | None = None
+    ) -> RunStatus:
+        recent = [{"role": m.role, "content": m.content[:500]} for m in self.state.messages[-6:]]
+        data: JsonDict = {
+            "reason": reason,
+            "message": message,
+            "input": self.state.input,
+            "steps": self.state.turns,
+            "recent_messages": recent,
+        }
+        if context:
+            data["context"] = context
+        return await self._finish(
+            RunStatus.WAITING_HUMAN, EventDraft(EventKind.ESCALATION_OPENED, data), error=message
+        )
+
+    async def _append(
+        self,
+        *drafts: EventDraft,
+        usage: Usage | None = None,
+        operations: Sequence[OperationWrite] = (),
+    ) -> None:
+        # Tool calls of one turn run concurrently; the lock keeps their seqs gap-free and ordered.
+        async with self._append_lock:
+            events = await self.store.append_events(
+                self.run.id,
+                self.owner,
+                self.state.next_seq,
+                drafts,
+                usage=usage,
+                operations=operations,
+            )
+            for event in events:
+                self.state.apply(event)
+        self._emit(events)
+
+    async def _finish(
+        self,
+        status: RunStatus,
+        draft: EventDraft,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+    ) -> RunStatus:
+        async with self._append_lock:
+            event = await self.store.finish(
+                self.run.id,
+                self.owner,
+                self.state.next_seq,
+                status,
+                draft,
+                output=output,
+                error=error,
+            )
+            self.state.apply(event)
+        self._emit([event])
+        return status
+
+    def _emit(self, events: list[RunEvent]) -> None:
+        for sink in self.sinks:
+            for event in events:
+                try:
+                    sink(event)
+                except Exception:  # an observer must never break a run
+                    logger.exception("event sink %r failed on %s", sink, event.kind)

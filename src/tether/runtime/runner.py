@@ -1,0 +1,338 @@
+"""Runtime (start, run, wait, resume, cancel) and Worker (claims runs, holds leases, recovers crashes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from tether.agent import Agent
+from tether.errors import ConfigurationError, LeaseLostError, TetherError
+from tether.models import model_from_spec
+from tether.models.base import Model
+from tether.runtime.loop import EventSink, RunLoop
+from tether.store import store_from_url
+from tether.store.base import EventDraft, NewRun, RunStore
+from tether.types import EventKind, Run, RunEvent, RunStatus
+
+logger = logging.getLogger("tether.runtime")
+
+DEFAULT_LEASE_S = 30.0
+
+
+def new_run_id() -> str:
+    """Time-ordered and unguessable: 12 hex digits of milliseconds, then 16 random ones."""
+    return f"run_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def load_target(target: str) -> Agent:
+    """Import `module:attribute` naming an Agent; errors say exactly what is wrong."""
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"agent target {target!r} must look like module:attribute")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"agent target {target!r}: cannot import {module_name!r}: {exc}"
+        ) from exc
+    value: object = module
+    for part in attribute.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise ConfigurationError(
+                f"agent target {target!r}: module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    if not isinstance(value, Agent):
+        raise ConfigurationError(
+            f"agent target {target!r} is a {type(value).__name__}, not a tether.Agent"
+        )
+    return value
+
+
+class Runtime:
+    """One tether runtime: a store, agents, models and event sinks. Several may share a process."""
+
+    def __init__(
+        self,
+        store: RunStore | str,
+        *,
+        agents: Sequence[Agent] = (),
+        model_factory: Callable[[str], Model] = model_from_spec,
+        lease_s: float = DEFAULT_LEASE_S,
+        event_sinks: Sequence[EventSink] = (),
+        worker_id: str | None = None,
+    ) -> None:
+        if lease_s <= 0:
+            raise ConfigurationError(f"lease_s must be > 0, not {lease_s}")
+        self.store: RunStore = store_from_url(store) if isinstance(store, str) else store
+        self._owns_store = isinstance(store, str)
+        self._agents: dict[str, Agent] = {}
+        for agent in agents:
+            self.register(agent)
+        self._model_factory = model_factory
+        self._models: dict[str, Model] = {}
+        self.lease_s = lease_s
+        self.event_sinks = list(event_sinks)
+        self.worker_id = worker_id or new_worker_id()
+
+    def register(self, agent: Agent) -> None:
+        """Make `agent` known to this runtime so its runs can be executed and resumed here."""
+        self._agents[agent.name] = agent
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for model in self._models.values():
+            await model.aclose()
+        self._models.clear()
+        if self._owns_store:
+            await self.store.close()
+
+    async def start(
+        self,
+        agent: Agent,
+        input: str,
+        *,
+        principal: str | None = None,
+        idempotency_key: str | None = None,
+        model: str | None = None,
+        target: str | None = None,
+    ) -> Run:
+        """Enqueue a run; starting the same idempotency key again returns the first run."""
+        self.register(agent)
+        if model is not None:
+            self.model_for(agent, model)  # fail now, with the bad spec named, not in a worker later
+        run, _ = await self.store.create_run(
+            NewRun(
+                id=new_run_id(),
+                agent_name=agent.name,
+                agent_version=agent.version,
+                agent_target=target,
+                model_spec=model,
+                input=input,
+                principal=principal,
+                idempotency_key=idempotency_key,
+            )
+        )
+        return run
+
+    async def run(
+        self,
+        agent: Agent,
+        input: str,
+        *,
+        principal: str | None = None,
+        idempotency_key: str | None = None,
+        model: str | None = None,
+        target: str | None = None,
+    ) -> Run:
+        """Start a run and execute it in this process; returns the run as it ended or paused."""
+        run = await self.start(
+            agent,
+            input,
+            principal=principal,
+            idempotency_key=idempotency_key,
+            model=model,
+            target=target,
+        )
+        return await self.execute(run.id)
+
+    async def execute(self, run_id: str) -> Run:
+        """Claim `run_id` and drive it here. If another live worker holds it, just report it."""
+        run = await self.store.claim_run(self.worker_id, self.lease_s, run_id=run_id)
+        if run is None:
+            return await self.store.get_run(run_id)
+        return await self.drive(run, self.worker_id)
+
+    resume = execute
+
+    async def wait(
+        self, run_id: str, *, timeout_s: float | None = None, poll_s: float = 0.05
+    ) -> Run:
+        """Poll until the run is terminal or waiting for a person."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            run = await self.store.get_run(run_id)
+            if run.status.is_terminal or run.status == RunStatus.WAITING_HUMAN:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} is still {run.status} after {timeout_s} s")
+            await asyncio.sleep(poll_s)
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
+        return await self.store.cancel(run_id, reason)
+
+    async def events(self, run_id: str) -> list[RunEvent]:
+        return await self.store.load_events(run_id)
+
+    def agent_for(self, run: Run) -> Agent:
+        agent = self._agents.get(run.agent_name)
+        if agent is not None:
+            return agent
+        if run.agent_target:
+            agent = load_target(run.agent_target)
+            self.register(agent)
+            return agent
+        raise ConfigurationError(
+            f"run {run.id} needs agent {run.agent_name!r}, which this runtime does not know; "
+            "register it with Runtime(agents=[...]) or start runs with a module:attribute target"
+        )
+
+    def model_for(self, agent: Agent, spec: str | None = None) -> Model:
+        chosen = spec if spec is not None else agent.model
+        if chosen is None:
+            raise ConfigurationError(
+                f"agent {agent.name!r} has no model; set Agent(model=...) or pass --model"
+            )
+        if not isinstance(chosen, str):
+            return chosen
+        model = self._models.get(chosen)
+        if model is None:
+            model = self._models[chosen] = self._model_factory(chosen)
+        return model
+
+    async def drive(self, run: Run, owner: str) -> Run:
+        """Execute a run this owner has leased, heartbeating until it ends, pauses or is lost."""
+        events = await self.store.load_events(run.id)
+        try:
+            agent = self.agent_for(run)
+            model = self.model_for(agent, run.model_spec)
+        except TetherError as exc:
+            await self._fail(run, owner, len(events), exc)
+            return await self.store.get_run(run.id)
+        loop = RunLoop(
+            store=self.store,
+            agent=agent,
+            model=model,
+            run=run,
+            owner=owner,
+            events=events,
+            sinks=self.event_sinks,
+        )
+        task = asyncio.create_task(loop.execute(), name=f"tether-run-{run.id}")
+        heartbeat = asyncio.create_task(self._heartbeat(run.id, owner, task))
+        try:
+            await task
+        except LeaseLostError as exc:
+            logger.warning("run %s: %s; stopping work on it", run.id, exc)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            logger.warning("run %s: lease lost; stopped work on it", run.id)
+        except Exception as exc:
+            # A bug, not an agent error: record it so the run is not left running unnoticed.
+            logger.exception("run %s crashed", run.id)
+            await self._fail(run, owner, loop.state.next_seq, exc)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        return await self.store.get_run(run.id)
+
+    async def _heartbeat(self, run_id: str, owner: str, task: asyncio.Task[RunStatus]) -> None:
+        interval_s = self.lease_s / 3
+        while not task.done():
+            await asyncio.sleep(interval_s)
+            if not await self.store.heartbeat(run_id, owner, self.lease_s):
+                task.cancel()
+                return
+
+    async def _fail(self, run: Run, owner: str, seq: int, error: BaseException) -> None:
+        with contextlib.suppress(LeaseLostError):
+            await self.store.finish(
+                run.id,
+                owner,
+                seq,
+                RunStatus.FAILED,
+                EventDraft(
+                    EventKind.RUN_FAILED,
+                    {"error": type(error).__name__, "message": str(error), "error_class": "fatal"},
+                ),
+                error=f"{type(error).__name__}: {error}",
+            )
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    finished: int = 0
+
+
+class Worker:
+    """Claims queued runs and runs whose lease expired, up to `concurrency` at a time."""
+
+    def __init__(self, runtime: Runtime, *, concurrency: int = 4, poll_s: float = 0.2) -> None:
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, not {concurrency}")
+        self.runtime = runtime
+        self.concurrency = concurrency
+        self.poll_s = poll_s
+        self.stats = WorkerStats()
+
+    async def run(
+        self, *, exit_when_idle: bool = False, stop: asyncio.Event | None = None
+    ) -> WorkerStats:
+        """Work until `stop` is set, or until no queued or running run is left (`exit_when_idle`)."""
+        stop = stop or asyncio.Event()
+        active: set[asyncio.Task[Run]] = set()
+        store, owner = self.runtime.store, self.runtime.worker_id
+        try:
+            while not stop.is_set():
+                if len(active) < self.concurrency:
+                    run = await store.claim_run(owner, self.runtime.lease_s)
+                    if run is not None:
+                        self.stats.claimed += 1
+                        task = asyncio.create_task(self.runtime.drive(run, owner))
+                        active.add(task)
+                        task.add_done_callback(self._done(active))
+                        continue
+                if exit_when_idle and not active and await store.count_unfinished() == 0:
+                    break
+                await self._pause(active, stop)
+        finally:
+            # Graceful stop: in-flight runs finish; a killed worker's runs are reclaimed by lease.
+            if active:
+                await asyncio.gather(*active, return_exceptions=True)
+        return self.stats
+
+    def _done(self, active: set[asyncio.Task[Run]]) -> Callable[[asyncio.Task[Run]], None]:
+        def callback(task: asyncio.Task[Run]) -> None:
+            active.discard(task)
+            self.stats.finished += 1
+
+        return callback
+
+    async def _pause(self, active: set[asyncio.Task[Run]], stop: asyncio.Event) -> None:
+        """Sleep until the poll interval passes, a run finishes or a stop is asked for."""
+        waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(stop.wait())}
+        if active and len(active) >= self.concurrency:
+            waiters |= set(active)  # type: ignore[arg-type]
+        done, _ = await asyncio.wait(
+            waiters, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in waiters:
+            if waiter not in active and not waiter.done():
+                waiter.cancel()

@@ -1,0 +1,96 @@
+"""RunState: a run's conversation and progress, folded from its event log (never stored whole)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tether.types import EventKind, JsonDict, Message, ModelResponse, RunEvent, ToolCall, Usage
+
+
+@dataclass
+class RunState:
+    """Everything the loop needs to continue a run, rebuilt from events on resume.
+
+    Applying an event is O(1); the loop applies each event it appends, so a live run and a resumed
+    run see exactly the same state.
+    """
+
+    run_id: str
+    input: str = ""
+    messages: list[Message] = field(default_factory=list)
+    next_seq: int = 0
+    turns: int = 0
+    last_response: ModelResponse | None = None
+    # results and intents of the last turn's calls, by call index
+    results: dict[int, JsonDict] = field(default_factory=dict)
+    intents: dict[int, JsonDict] = field(default_factory=dict)
+    invalid_turns: int = 0
+    usage: Usage = field(default_factory=Usage)
+    completed_output: str | None = None
+    resumes: int = 0
+
+    @classmethod
+    def fold(cls, run_id: str, events: list[RunEvent]) -> RunState:
+        state = cls(run_id)
+        for event in events:
+            state.apply(event)
+        return state
+
+    @property
+    def pending_calls(self) -> list[tuple[int, ToolCall]]:
+        """Calls of the last model turn that have no recorded result yet."""
+        if self.last_response is None:
+            return []
+        return [
+            (index, call)
+            for index, call in enumerate(self.last_response.tool_calls)
+            if index not in self.results
+        ]
+
+    @property
+    def final_answer(self) -> str | None:
+        """The last turn's text when it asked for no tools: the run's output."""
+        if self.last_response is None or self.last_response.tool_calls:
+            return None
+        return self.last_response.content
+
+    def apply(self, event: RunEvent) -> None:
+        self.next_seq = event.seq + 1
+        kind, data = event.kind, event.data
+        if kind == EventKind.RUN_STARTED:
+            self.input = data["input"]
+            self.messages.append(Message(role="user", content=self.input))
+        elif kind == EventKind.MODEL_RESPONSE:
+            response = ModelResponse.from_dict(data)
+            self.turns += 1
+            self.last_response = response
+            self.results = {}
+            self.intents = {}
+            self.usage = self.usage + response.usage
+            self.messages.append(response.as_message())
+        elif kind == EventKind.TOOL_INTENT:
+            self.intents[data["index"]] = data
+        elif kind == EventKind.TOOL_RESULT:
+            self.results[data["index"]] = data
+            if self.last_response is not None and not self.pending_calls:
+                self._close_turn()
+        elif kind == EventKind.RUN_RESUMED:
+            self.resumes += 1
+        elif kind == EventKind.RUN_COMPLETED:
+            self.completed_output = data.get("output")
+
+    def _close_turn(self) -> None:
+        """All calls of the turn answered: add the tool messages in the order the model asked."""
+        assert self.last_response is not None
+        calls = self.last_response.tool_calls
+        for index, call in enumerate(calls):
+            result = self.results[index]
+            self.messages.append(
+                Message(
+                    role="tool", content=result["content"], tool_call_id=call.id, name=call.name
+                )
+            )
+        if calls and all(self.results[i].get("invalid") for i in range(len(calls))):
+            self.invalid_turns += 1
+        else:
+            self.invalid_turns = 0

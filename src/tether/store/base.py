@@ -1,0 +1,131 @@
+"""The RunStore protocol: runs with leases, their append-only events and the operation log."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from tether.types import JsonDict, Run, RunEvent, RunStatus, Usage
+
+OperationStatus = Literal["intent", "succeeded", "failed", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to create. Starting the same `idempotency_key` twice returns the first run."""
+
+    id: str
+    agent_name: str
+    input: str
+    agent_version: str = "1"
+    agent_target: str | None = None
+    model_spec: str | None = None
+    principal: str | None = None
+    idempotency_key: str | None = None
+    parent_run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """An event before the store gives it a seq and a time."""
+
+    kind: str
+    data: JsonDict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OperationWrite:
+    """An upsert into the operation log of side-effecting tool calls, keyed by idempotency key."""
+
+    idempotency_key: str
+    run_id: str
+    tool: str
+    status: OperationStatus
+    arguments: JsonDict | None = None
+    result: JsonDict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    idempotency_key: str
+    run_id: str
+    tool: str
+    status: OperationStatus
+    arguments: JsonDict | None
+    result: JsonDict | None
+    attempts: int
+    created_at_epoch_ms: int
+    updated_at_epoch_ms: int
+
+
+class RunStore(Protocol):
+    """Durable state of runs. Every write by a worker is fenced by its lease: a worker that lost the
+    lease gets `LeaseLostError` and must stop working on the run."""
+
+    async def create_run(self, new: NewRun) -> tuple[Run, bool]:
+        """Insert the run (queued) and its `run.started` event; return (run, created)."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run: ...
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, limit: int = 100
+    ) -> list[Run]: ...
+
+    async def claim_run(
+        self, owner: str, lease_s: float, *, run_id: str | None = None
+    ) -> Run | None:
+        """Lease the oldest queued run, or a running run whose lease expired, or `run_id` if claimable."""
+        ...
+
+    async def heartbeat(self, run_id: str, owner: str, lease_s: float) -> bool:
+        """Extend the lease; False when the lease is no longer ours."""
+        ...
+
+    async def release(self, run_id: str, owner: str) -> None:
+        """Give the run back to the queue (graceful shutdown)."""
+        ...
+
+    async def append_events(
+        self,
+        run_id: str,
+        owner: str,
+        first_seq: int,
+        events: Sequence[EventDraft],
+        *,
+        usage: Usage | None = None,
+        operations: Sequence[OperationWrite] = (),
+    ) -> list[RunEvent]:
+        """Append events (and operation-log writes, and usage) atomically, fenced by the lease."""
+        ...
+
+    async def finish(
+        self,
+        run_id: str,
+        owner: str,
+        first_seq: int,
+        status: RunStatus,
+        event: EventDraft,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+    ) -> RunEvent:
+        """Move the run to a terminal or waiting status with its closing event; drop the lease."""
+        ...
+
+    async def cancel(self, run_id: str, reason: str) -> Run:
+        """Cancel a run that is not terminal yet; its worker loses the lease."""
+        ...
+
+    async def load_events(self, run_id: str, *, after_seq: int = -1) -> list[RunEvent]: ...
+
+    async def get_operation(self, idempotency_key: str) -> Operation | None: ...
+
+    async def list_operations(self, run_id: str) -> list[Operation]: ...
+
+    async def count_unfinished(self) -> int:
+        """Runs queued or running (a running run whose worker died is still unfinished work)."""
+        ...
+
+    async def close(self) -> None: ...

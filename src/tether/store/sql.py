@@ -1,0 +1,131 @@
+"""The schema, defined once for every SQL dialect, and the row mappings shared by the SQL stores."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from tether.store.base import Operation
+from tether.types import JsonDict, Run, RunStatus, Usage
+
+SCHEMA_VERSION = 1
+
+# `{float}` differs per dialect: SQLite's REAL is 8 bytes, PostgreSQL's is 4 (money needs 8).
+SCHEMA_V1 = (
+    """
+    CREATE TABLE IF NOT EXISTS tether_schema (
+        version INTEGER NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS runs (
+        id TEXT PRIMARY KEY,
+        agent_name TEXT NOT NULL,
+        agent_version TEXT NOT NULL,
+        agent_target TEXT,
+        model_spec TEXT,
+        status TEXT NOT NULL,
+        input TEXT NOT NULL,
+        output TEXT,
+        error TEXT,
+        principal TEXT,
+        idempotency_key TEXT UNIQUE,
+        parent_run_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_expires_at_epoch_ms BIGINT,
+        input_tokens BIGINT NOT NULL DEFAULT 0,
+        output_tokens BIGINT NOT NULL DEFAULT 0,
+        cost_usd {float},
+        created_at_epoch_ms BIGINT NOT NULL,
+        updated_at_epoch_ms BIGINT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS runs_claim ON runs (status, created_at_epoch_ms)",
+    """
+    CREATE TABLE IF NOT EXISTS run_events (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        created_at_epoch_ms BIGINT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS operations (
+        idempotency_key TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        status TEXT NOT NULL,
+        arguments TEXT,
+        result TEXT,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        created_at_epoch_ms BIGINT NOT NULL,
+        updated_at_epoch_ms BIGINT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS operations_run ON operations (run_id)",
+)
+
+RUN_COLUMNS = (
+    "id, agent_name, agent_version, agent_target, model_spec, status, input, output, error, "
+    "principal, idempotency_key, parent_run_id, attempts, lease_owner, lease_expires_at_epoch_ms, "
+    "input_tokens, output_tokens, cost_usd, created_at_epoch_ms, updated_at_epoch_ms"
+)
+OPERATION_COLUMNS = (
+    "idempotency_key, run_id, tool, status, arguments, result, attempts, "
+    "created_at_epoch_ms, updated_at_epoch_ms"
+)
+UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+
+
+def schema_statements(float_type: str) -> list[str]:
+    return [statement.format(float=float_type) for statement in SCHEMA_V1]
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads_or_none(text: str | None) -> JsonDict | None:
+    return None if text is None else json.loads(text)  # type: ignore[no-any-return]
+
+
+def run_from_row(row: Sequence[Any], event_count: int = 0) -> Run:
+    return Run(
+        id=row[0],
+        agent_name=row[1],
+        agent_version=row[2],
+        agent_target=row[3],
+        model_spec=row[4],
+        status=RunStatus(row[5]),
+        input=row[6],
+        output=row[7],
+        error=row[8],
+        principal=row[9],
+        idempotency_key=row[10],
+        parent_run_id=row[11],
+        attempts=row[12],
+        lease_owner=row[13],
+        lease_expires_at_epoch_ms=row[14],
+        usage=Usage(row[15], row[16], row[17]),
+        created_at_epoch_ms=row[18],
+        updated_at_epoch_ms=row[19],
+        event_count=event_count,
+    )
+
+
+def operation_from_row(row: Sequence[Any]) -> Operation:
+    return Operation(
+        idempotency_key=row[0],
+        run_id=row[1],
+        tool=row[2],
+        status=row[3],
+        arguments=loads_or_none(row[4]),
+        result=loads_or_none(row[5]),
+        attempts=row[6],
+        created_at_epoch_ms=row[7],
+        updated_at_epoch_ms=row[8],
+    )
