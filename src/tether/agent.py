@@ -33,9 +33,7 @@ class Agent:
         if not self.name or not self.name.strip():
             raise ConfigurationError("an agent needs a non-empty name")
         if self.max_steps < 1:
-            raise ConfigurationError(
-                f"agent {self.name!r}: max_steps must be >= 1, not {self.max_steps}"
-            )
+            raise ConfigurationError(f"agent {self.name!r}: max_steps must be >= 1, not {self.max_steps}")
         if self.max_invalid_tool_turns < 1:
             raise ConfigurationError(f"agent {self.name!r}: max_invalid_tool_turns must be >= 1")
         by_name: dict[str, Tool] = {}

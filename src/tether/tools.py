@@ -80,9 +80,7 @@ class Tool:
         )
 
     def __repr__(self) -> str:
-        return (
-            f"Tool({self.name!r}, side_effect={self.side_effect!r}, idempotent={self.idempotent})"
-        )
+        return f"Tool({self.name!r}, side_effect={self.side_effect!r}, idempotent={self.idempotent})"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calling the tool directly calls the function, so tools stay testable as plain code."""
@@ -222,8 +220,7 @@ def _arguments_model(
     for parameter in inspect.signature(function).parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             raise ConfigurationError(
-                f"tool {tool_name!r}: *args/**kwargs cannot be described to a model; "
-                "declare each parameter"
+                f"tool {tool_name!r}: *args/**kwargs cannot be described to a model; declare each parameter"
             )
         annotation = hints.get(parameter.name, Any)
         if annotation is ToolContext:
@@ -231,7 +228,7 @@ def _arguments_model(
             continue
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[parameter.name] = (annotation, default)
-    model = pydantic.create_model(  # type: ignore[call-overload]
+    model = pydantic.create_model(
         f"{tool_name}_arguments",
         __config__=pydantic.ConfigDict(extra="forbid"),
         **fields,

@@ -65,9 +65,7 @@ class Usage:
             cost = None
         else:
             cost = (self.cost_usd or 0.0) + (other.cost_usd or 0.0)
-        return Usage(
-            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens, cost
-        )
+        return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens, cost)
 
     def to_dict(self) -> JsonDict:
         return {

@@ -46,9 +46,7 @@ def load_script(path: str | Path) -> list[ScriptedTurn]:
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"script file {str(file)!r} is not valid JSON: {exc}") from None
     if not isinstance(raw, list) or not raw:
-        raise ConfigurationError(
-            f"script file {str(file)!r} must hold a non-empty JSON list of turns"
-        )
+        raise ConfigurationError(f"script file {str(file)!r} must hold a non-empty JSON list of turns")
     turns = []
     for index, item in enumerate(raw):
         try:
@@ -65,12 +63,8 @@ def load_script(path: str | Path) -> list[ScriptedTurn]:
 class ScriptedModel:
     """Answers turn N of every run with the script's turn N; stateless, so replay and crashes are safe."""
 
-    def __init__(
-        self, turns: Sequence[ScriptedTurn | dict[str, Any]], *, name: str = "scripted"
-    ) -> None:
-        self._turns = [
-            t if isinstance(t, ScriptedTurn) else ScriptedTurn.model_validate(t) for t in turns
-        ]
+    def __init__(self, turns: Sequence[ScriptedTurn | dict[str, Any]], *, name: str = "scripted") -> None:
+        self._turns = [t if isinstance(t, ScriptedTurn) else ScriptedTurn.model_validate(t) for t in turns]
         self._name = name
 
     @classmethod

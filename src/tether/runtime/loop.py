@@ -19,7 +19,7 @@ from tether.errors import ModelError, ToolArgumentsError, ToolError, ToolTimeout
 from tether.models.base import Model
 from tether.runtime.state import RunState
 from tether.store.base import EventDraft, OperationWrite, RunStore
-from tether.tools import ToolContext, tool_result_text, to_jsonable, unknown_tool_error
+from tether.tools import ToolContext, to_jsonable, tool_result_text, unknown_tool_error
 from tether.types import (
     EventKind,
     JsonDict,
@@ -59,9 +59,7 @@ class RunLoop:
         self.state = RunState.fold(run.id, events)
         self.sinks = sinks
         self._append_lock = asyncio.Lock()
-        self._system = (
-            (Message(role="system", content=agent.instructions),) if agent.instructions else ()
-        )
+        self._system = (Message(role="system", content=agent.instructions),) if agent.instructions else ()
         self._tool_definitions = tuple(t.definition for t in agent.tools)
 
     async def execute(self) -> RunStatus:
@@ -91,9 +89,7 @@ class RunLoop:
             if answer is not None:
                 return await self._finish(
                     RunStatus.SUCCEEDED,
-                    EventDraft(
-                        EventKind.RUN_COMPLETED, {"output": answer, "usage": state.usage.to_dict()}
-                    ),
+                    EventDraft(EventKind.RUN_COMPLETED, {"output": answer, "usage": state.usage.to_dict()}),
                     output=answer,
                 )
             if state.turns >= self.agent.max_steps:
@@ -198,9 +194,7 @@ class RunLoop:
             }
             await self._append(
                 EventDraft(EventKind.TOOL_INTENT, intent),
-                operations=(
-                    OperationWrite(key, self.run.id, tool.name, "intent", arguments=call.arguments),
-                ),
+                operations=(OperationWrite(key, self.run.id, tool.name, "intent", arguments=call.arguments),),
             )
         context = ToolContext(
             run_id=self.run.id,
@@ -217,20 +211,14 @@ class RunLoop:
             value = await tool.invoke(arguments, context)
             result.update(ok=True, outcome="succeeded", content=tool_result_text(value))
         except ToolTimeoutError as exc:
-            result.update(
-                ok=False, outcome="unknown", content=exc.message_for_model, error="timeout"
-            )
+            result.update(ok=False, outcome="unknown", content=exc.message_for_model, error="timeout")
         except ToolError as exc:
             result.update(ok=False, outcome="failed", content=exc.message_for_model, error="failed")
         result["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         operations: tuple[OperationWrite, ...] = ()
         if tool.side_effect == "write":
             outcome = result["outcome"]
-            stored = (
-                {"value": to_jsonable(value)}
-                if outcome == "succeeded"
-                else {"error": result["content"]}
-            )
+            stored = {"value": to_jsonable(value)} if outcome == "succeeded" else {"error": result["content"]}
             operations = (OperationWrite(key, self.run.id, tool.name, outcome, result=stored),)
         await self._append(EventDraft(EventKind.TOOL_RESULT, result), operations=operations)
 
@@ -250,9 +238,7 @@ class RunLoop:
             )
         )
 
-    async def _escalate(
-        self, reason: str, message: str, context: JsonDict | None = None
-    ) -> RunStatus:
+    async def _escalate(self, reason: str, message: str, context: JsonDict | None = None) -> RunStatus:
         recent = [{"role": m.role, "content": m.content[:500]} for m in self.state.messages[-6:]]
         data: JsonDict = {
             "reason": reason,

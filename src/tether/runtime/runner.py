@@ -45,9 +45,7 @@ def load_target(target: str) -> Agent:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigurationError(
-            f"agent target {target!r}: cannot import {module_name!r}: {exc}"
-        ) from exc
+        raise ConfigurationError(f"agent target {target!r}: cannot import {module_name!r}: {exc}") from exc
     value: object = module
     for part in attribute.split("."):
         try:
@@ -57,9 +55,7 @@ def load_target(target: str) -> Agent:
                 f"agent target {target!r}: module {module_name!r} has no attribute {attribute!r}"
             ) from None
     if not isinstance(value, Agent):
-        raise ConfigurationError(
-            f"agent target {target!r} is a {type(value).__name__}, not a tether.Agent"
-        )
+        raise ConfigurationError(f"agent target {target!r} is a {type(value).__name__}, not a tether.Agent")
     return value
 
 
@@ -169,9 +165,7 @@ class Runtime:
 
     resume = execute
 
-    async def wait(
-        self, run_id: str, *, timeout_s: float | None = None, poll_s: float = 0.05
-    ) -> Run:
+    async def wait(self, run_id: str, *, timeout_s: float | None = None, poll_s: float = 0.05) -> Run:
         """Poll until the run is terminal or waiting for a person."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -292,9 +286,7 @@ class Worker:
         self.poll_s = poll_s
         self.stats = WorkerStats()
 
-    async def run(
-        self, *, exit_when_idle: bool = False, stop: asyncio.Event | None = None
-    ) -> WorkerStats:
+    async def run(self, *, exit_when_idle: bool = False, stop: asyncio.Event | None = None) -> WorkerStats:
         """Work until `stop` is set, or until no queued or running run is left (`exit_when_idle`)."""
         stop = stop or asyncio.Event()
         active: set[asyncio.Task[Run]] = set()
@@ -330,9 +322,7 @@ class Worker:
         waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(stop.wait())}
         if active and len(active) >= self.concurrency:
             waiters |= set(active)  # type: ignore[arg-type]
-        done, _ = await asyncio.wait(
-            waiters, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait(waiters, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             if waiter not in active and not waiter.done():
                 waiter.cancel()

@@ -86,9 +86,7 @@ class RunState:
         for index, call in enumerate(calls):
             result = self.results[index]
             self.messages.append(
-                Message(
-                    role="tool", content=result["content"], tool_call_id=call.id, name=call.name
-                )
+                Message(role="tool", content=result["content"], tool_call_id=call.id, name=call.name)
             )
         if calls and all(self.results[i].get("invalid") for i in range(len(calls))):
             self.invalid_turns += 1

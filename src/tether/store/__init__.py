@@ -27,7 +27,5 @@ def store_from_url(url: str) -> RunStore:
             "use sqlite:///path.db"
         )
     if "://" in url and not url.startswith("sqlite:"):
-        raise ConfigurationError(
-            f"database URL {url!r} has an unknown scheme; use sqlite:///path.db"
-        )
+        raise ConfigurationError(f"database URL {url!r} has an unknown scheme; use sqlite:///path.db")
     return SqliteRunStore.from_url(url)

@@ -69,13 +69,9 @@ class RunStore(Protocol):
 
     async def get_run(self, run_id: str) -> Run: ...
 
-    async def list_runs(
-        self, *, status: RunStatus | None = None, limit: int = 100
-    ) -> list[Run]: ...
+    async def list_runs(self, *, status: RunStatus | None = None, limit: int = 100) -> list[Run]: ...
 
-    async def claim_run(
-        self, owner: str, lease_s: float, *, run_id: str | None = None
-    ) -> Run | None:
+    async def claim_run(self, owner: str, lease_s: float, *, run_id: str | None = None) -> Run | None:
         """Lease the oldest queued run, or a running run whose lease expired, or `run_id` if claimable."""
         ...
 

@@ -90,7 +90,7 @@ def dumps(data: Any) -> str:
 
 
 def loads_or_none(text: str | None) -> JsonDict | None:
-    return None if text is None else json.loads(text)  # type: ignore[no-any-return]
+    return None if text is None else json.loads(text)
 
 
 def run_from_row(row: Sequence[Any], event_count: int = 0) -> Run:

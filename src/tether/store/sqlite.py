@@ -86,9 +86,7 @@ class SqliteRunStore:
             raise ConfigurationError(f"database URL {url!r} names no file")
         parent = Path(path).parent
         if not parent.exists():
-            raise ConfigurationError(
-                f"database URL {url!r}: directory {str(parent)!r} does not exist"
-            )
+            raise ConfigurationError(f"database URL {url!r}: directory {str(parent)!r} does not exist")
         return cls(path, **kwargs)  # type: ignore[arg-type]
 
     def _migrate(self) -> None:
@@ -97,9 +95,7 @@ class SqliteRunStore:
                 self._db.execute(statement)
             row = self._db.execute("SELECT max(version) FROM tether_schema").fetchone()
             if row[0] is None:
-                self._db.execute(
-                    "INSERT INTO tether_schema (version) VALUES (?)", (SCHEMA_VERSION,)
-                )
+                self._db.execute("INSERT INTO tether_schema (version) VALUES (?)", (SCHEMA_VERSION,))
             elif row[0] > SCHEMA_VERSION:
                 raise ConfigurationError(
                     f"database {self.path!r} has schema version {row[0]}, newer than this tether "
@@ -170,9 +166,7 @@ class SqliteRunStore:
         row = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
-        (count,) = self._db.execute(
-            "SELECT count(*) FROM run_events WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        (count,) = self._db.execute("SELECT count(*) FROM run_events WHERE run_id = ?", (run_id,)).fetchone()
         return run_from_row(row, count)
 
     async def list_runs(self, *, status: RunStatus | None = None, limit: int = 100) -> list[Run]:
@@ -189,9 +183,7 @@ class SqliteRunStore:
             )
         return [run_from_row(row) for row in rows.fetchall()]
 
-    async def claim_run(
-        self, owner: str, lease_s: float, *, run_id: str | None = None
-    ) -> Run | None:
+    async def claim_run(self, owner: str, lease_s: float, *, run_id: str | None = None) -> Run | None:
         now = self._clock()
         expires = now + int(lease_s * 1000)
         claimable = (
@@ -235,9 +227,7 @@ class SqliteRunStore:
                 (self._clock(), run_id, owner),
             )
 
-    def _fence(
-        self, db: sqlite3.Connection, run_id: str, owner: str, now: int, usage: Usage | None
-    ) -> None:
+    def _fence(self, db: sqlite3.Connection, run_id: str, owner: str, now: int, usage: Usage | None) -> None:
         """Touch the run only if `owner` still holds its lease; one statement checks and updates."""
         if usage is None:
             cursor = db.execute(
@@ -394,9 +384,7 @@ class SqliteRunStore:
         return [operation_from_row(row) for row in rows]
 
     async def count_unfinished(self) -> int:
-        (count,) = self._db.execute(
-            "SELECT count(*) FROM runs WHERE status IN (?, ?)", UNFINISHED
-        ).fetchone()
+        (count,) = self._db.execute("SELECT count(*) FROM runs WHERE status IN (?, ?)", UNFINISHED).fetchone()
         return int(count)
 
     async def close(self) -> None:
