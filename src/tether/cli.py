@@ -1,0 +1,295 @@
+"""The `tether` command line: run, worker, runs list|show|events|cancel, demo.
+
+Exit codes: 0 the run succeeded (or the command did its job), 1 the run did not succeed,
+2 usage or configuration error (the message names the bad value).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tether.config import Settings, load_settings
+from tether.errors import ConfigurationError, TetherError
+from tether.runtime import Runtime, Worker, load_target
+from tether.types import Run, RunStatus
+
+app = typer.Typer(
+    name="tether",
+    help="A durable, bounded, observed runtime for LLM agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+runs_app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+T = TypeVar("T")
+
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Run store URL (default sqlite:///tether.db, or TETHER_DB).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Settings file (default ./tether.toml if present).")
+]
+
+
+def main() -> None:
+    app()
+
+
+def _console() -> Console:
+    return Console(stderr=False, highlight=False)
+
+
+def _err(message: str, code: int = 2) -> typer.Exit:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigurationError as exc:
+        raise _err(str(exc)) from None
+
+
+def _run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(factory())  # type: ignore[arg-type]
+    except ConfigurationError as exc:
+        raise _err(str(exc)) from None
+    except TetherError as exc:
+        raise _err(f"{type(exc).__name__}: {exc}", 1) from None
+
+
+def _importable_cwd() -> None:
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _run_json(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "status": str(run.status),
+        "output": run.output,
+        "error": run.error,
+        "usage": run.usage.to_dict(),
+    }
+
+
+@app.command()
+def run(
+    target: Annotated[str, typer.Argument(help="module:attribute naming a tether.Agent.")],
+    input: Annotated[str, typer.Argument(help="The user's message.")],
+    model: Annotated[str | None, typer.Option(help="Model spec overriding the agent's.")] = None,
+    db: DbOption = None,
+    principal: Annotated[str | None, typer.Option(help="Who the run acts for.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Starting the same key twice returns the same run.")
+    ] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Only enqueue; print the run id.")] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run an agent on one input (in this process), or enqueue it for a worker with --no-wait."""
+    settings = _settings(config, db=db, model=model)
+    _importable_cwd()
+    try:
+        agent = load_target(target)
+    except ConfigurationError as exc:
+        raise _err(str(exc)) from None
+
+    async def go() -> Run:
+        async with Runtime(settings.db, agents=[agent], lease_s=settings.lease_s) as runtime:
+            kwargs = {
+                "principal": principal,
+                "idempotency_key": idempotency_key,
+                "model": settings.model,
+                "target": target,
+            }
+            if no_wait:
+                return await runtime.start(agent, input, **kwargs)
+            return await runtime.run(agent, input, **kwargs)
+
+    result = _run_async(go)
+    if no_wait:
+        typer.echo(json.dumps({"run_id": result.id, "status": str(result.status)}) if as_json else result.id)
+        return
+    if as_json:
+        typer.echo(json.dumps(_run_json(result)))
+    else:
+        console = _console()
+        if result.status == RunStatus.SUCCEEDED:
+            console.print(result.output or "", markup=False)
+        else:
+            console.print(f"run {result.id} is {result.status}: {result.error or ''}", markup=False)
+    raise typer.Exit(0 if result.status == RunStatus.SUCCEEDED else 1)
+
+
+@app.command()
+def worker(
+    db: DbOption = None,
+    concurrency: Annotated[int | None, typer.Option(help="Runs driven at once.")] = None,
+    lease_s: Annotated[
+        float | None, typer.Option(help="Lease length; a dead worker's runs move after it.")
+    ] = None,
+    exit_when_idle: Annotated[
+        bool, typer.Option("--exit-when-idle", help="Exit once no queued or running run is left.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Execute queued runs, and runs whose worker died, until stopped (SIGTERM/SIGINT finish gracefully)."""
+    settings = _settings(config, db=db, concurrency=concurrency, lease_s=lease_s)
+    _importable_cwd()
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with Runtime(settings.db, lease_s=settings.lease_s) as runtime:
+            stats = await Worker(runtime, concurrency=settings.concurrency).run(
+                exit_when_idle=exit_when_idle, stop=stop
+            )
+        return stats.finished
+
+    finished = _run_async(go)
+    Console(stderr=True, highlight=False).print(f"worker stopped after {finished} runs")
+
+
+@runs_app.command("list")
+def runs_list(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 50,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """List runs, newest first."""
+    settings = _settings(config, db=db)
+    try:
+        wanted = RunStatus(status) if status is not None else None
+    except ValueError:
+        raise _err(
+            f"--status {status!r} is not a run status; use one of {', '.join(s.value for s in RunStatus)}"
+        ) from None
+
+    async def go() -> list[Run]:
+        async with Runtime(settings.db) as runtime:
+            return await runtime.store.list_runs(status=wanted, limit=limit)
+
+    runs = _run_async(go)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in runs]))
+        return
+    table = Table("run", "agent", "status", "attempts", "tokens", "created")
+    for r in runs:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at_epoch_ms / 1000))
+        tokens = r.usage.input_tokens + r.usage.output_tokens
+        table.add_row(r.id, r.agent_name, str(r.status), str(r.attempts), str(tokens), created)
+    _console().print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show one run: status, attempts, usage, event count."""
+    settings = _settings(config, db=db)
+
+    async def go() -> Run:
+        async with Runtime(settings.db) as runtime:
+            return await runtime.store.get_run(run_id)
+
+    found = _run_async(go)
+    if as_json:
+        typer.echo(json.dumps(found.to_dict()))
+        return
+    table = Table(show_header=False)
+    for key, value in found.to_dict().items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    _console().print(table)
+
+
+@runs_app.command("events")
+def runs_events(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Print a run's event log in order."""
+    settings = _settings(config, db=db)
+
+    async def go() -> list[dict[str, Any]]:
+        async with Runtime(settings.db) as runtime:
+            await runtime.store.get_run(run_id)
+            return [e.to_dict() for e in await runtime.events(run_id)]
+
+    events = _run_async(go)
+    if as_json:
+        typer.echo(json.dumps(events))
+        return
+    table = Table("seq", "kind", "data")
+    for event in events:
+        table.add_row(str(event["seq"]), event["kind"], json.dumps(event["data"])[:160])
+    _console().print(table)
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    reason: Annotated[
+        str, typer.Option(help="Why; recorded in the run's events.")
+    ] = "cancelled from the CLI",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Cancel a run that has not ended; its worker stops at its next step."""
+    settings = _settings(config, db=db)
+
+    async def go() -> Run:
+        async with Runtime(settings.db) as runtime:
+            return await runtime.cancel(run_id, reason)
+
+    result = _run_async(go)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        _console().print(f"run {result.id} is {result.status}")
+
+
+@app.command()
+def demo(
+    runs: Annotated[int, typer.Option("--runs", min=1, max=10_000, help="How many customer requests.")] = 20,
+    db: DbOption = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Runs driven at once.")] = 4,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """A customer-support desk on the embedded store: lookups, a flaky policy service, refunds."""
+    from tether.demo import run_demo
+
+    settings = _settings(config, db=db)
+    summary = _run_async(lambda: run_demo(settings.db, runs, concurrency, quiet=as_json))
+    if as_json:
+        typer.echo(json.dumps(summary))
+    raise typer.Exit(0 if summary["lost"] == 0 and summary["duplicate_refunds"] == 0 else 1)
