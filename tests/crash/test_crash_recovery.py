@@ -1,0 +1,174 @@
+"""Crash tests: real `tether worker` subprocesses SIGKILLed at chosen points; the contract must hold."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tether import Runtime, RunStatus
+
+HERE = Path(__file__).parent
+pytestmark = [pytest.mark.crash, pytest.mark.timeout(120)]
+
+sys.path.insert(0, str(HERE))
+import crash_agents  # noqa: E402
+
+
+@dataclass
+class Crash:
+    dir: Path
+    db_url: str
+
+    def env(self, crash_at: str = "") -> dict[str, str]:
+        env = dict(os.environ)
+        env["CRASH_DIR"] = str(self.dir)
+        env["CRASH_AT"] = crash_at
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+        return env
+
+    def worker(self, crash_at: str = "") -> subprocess.Popen[str]:
+        command = [
+            sys.executable, "-m", "tether", "worker", "--db", self.db_url,
+            "--lease-s", "1", "--exit-when-idle",
+        ]  # fmt: skip
+        return subprocess.Popen(
+            command,
+            env=self.env(crash_at),
+            cwd=self.dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def lines(self, name: str) -> list[str]:
+        path = self.dir / name
+        return path.read_text().splitlines() if path.exists() else []
+
+    def payments(self) -> list[tuple[str, str, float]]:
+        with sqlite3.connect(self.dir / "payments.db") as db:
+            return db.execute("SELECT key, order_id, amount FROM payments").fetchall()
+
+
+@pytest.fixture
+def crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Crash]:
+    monkeypatch.setattr(crash_agents, "DIR", tmp_path)
+    yield Crash(tmp_path, f"sqlite:///{tmp_path / 'tether.db'}")
+
+
+async def start(crash: Crash, target: str) -> str:
+    async with Runtime(crash.db_url) as runtime:
+        agent = getattr(crash_agents, target)
+        run = await runtime.start(agent, "please handle order A-1", target=f"crash_agents:{target}")
+        return run.id
+
+
+def kill_at(crash: Crash, point: str) -> None:
+    """Start a worker, wait until it reaches `point`, SIGKILL it there."""
+    worker = crash.worker(point)
+    marker = crash.dir / f"reached-{point}"
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        if worker.poll() is not None:
+            pytest.fail(f"worker exited before reaching {point}: {worker.communicate()[0]}")
+        if time.monotonic() > deadline:
+            worker.kill()
+            worker.communicate()
+            pytest.fail(f"worker never reached {point}")
+        time.sleep(0.02)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.communicate(timeout=10)
+    assert worker.returncode == -signal.SIGKILL
+
+
+def recover(crash: Crash) -> None:
+    """A fresh worker takes the run over once the dead worker's lease expires, then exits when idle."""
+    worker = crash.worker()
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
+
+
+async def final_state(crash: Crash, run_id: str) -> tuple[RunStatus, list[str], int]:
+    async with Runtime(crash.db_url) as runtime:
+        run = await runtime.store.get_run(run_id)
+        kinds = [e.kind for e in await runtime.events(run_id)]
+        return run.status, kinds, run.attempts
+
+
+async def test_kill_inside_idempotent_write_after_effect_reinvokes_with_same_key(crash: Crash) -> None:
+    """Killed after the charge but before its result was recorded: re-invoked with the same key, charged once."""
+    run_id = await start(crash, "pay_agent")
+    kill_at(crash, "charge-after-effect")
+    recover(crash)
+    status, kinds, attempts = await final_state(crash, run_id)
+    assert status == RunStatus.SUCCEEDED
+    assert attempts == 2
+    assert "run.resumed" in kinds
+    charges = [line for line in crash.lines("calls.log") if line.startswith("charge_card")]
+    key = f"{run_id}:1:0"
+    assert charges == [f"charge_card {key} attempt=1", f"charge_card {key} attempt=2"]
+    assert crash.payments() == [(key, "A-1", 30.0)]
+    # the lookup's result was recorded before the crash: never executed again
+    assert crash.lines("calls.log").count("lookup_order A-1") == 1
+    assert crash.lines("model.log") == ["pay turn=0", "pay turn=1", "pay turn=2"]
+
+
+async def test_kill_inside_idempotent_write_before_effect_charges_exactly_once(crash: Crash) -> None:
+    """Killed inside the write tool before its side effect: the resumed run charges exactly once."""
+    run_id = await start(crash, "pay_agent")
+    kill_at(crash, "charge-before-effect")
+    recover(crash)
+    status, _, _ = await final_state(crash, run_id)
+    assert status == RunStatus.SUCCEEDED
+    assert crash.payments() == [(f"{run_id}:1:0", "A-1", 30.0)]
+
+
+async def test_kill_inside_non_idempotent_write_goes_to_a_person(crash: Crash) -> None:
+    """A non-idempotent write with an unknown outcome is never re-invoked: the run waits for a person."""
+    run_id = await start(crash, "email_agent")
+    kill_at(crash, "email-after-effect")
+    recover(crash)
+    async with Runtime(crash.db_url) as runtime:
+        run = await runtime.store.get_run(run_id)
+        events = await runtime.events(run_id)
+    assert run.status == RunStatus.WAITING_HUMAN
+    escalation = events[-1]
+    assert escalation.kind == "escalation.opened"
+    assert escalation.data["reason"] == "unknown_outcome"
+    assert escalation.data["context"]["tool"] == "send_email"
+    assert crash.lines("emails.log") == ["customer@example.com"]
+    assert len([line for line in crash.lines("calls.log") if line.startswith("send_email")]) == 1
+
+
+async def test_kill_between_steps_replays_recorded_turns(crash: Crash) -> None:
+    """Killed while asking the model for turn 2: turns 0-1 and both tools are replayed, not redone."""
+    run_id = await start(crash, "pay_agent")
+    kill_at(crash, "model-turn-2")
+    recover(crash)
+    status, kinds, _ = await final_state(crash, run_id)
+    assert status == RunStatus.SUCCEEDED
+    assert crash.lines("model.log") == ["pay turn=0", "pay turn=1", "pay turn=2", "pay turn=2"]
+    assert crash.lines("calls.log") == ["lookup_order A-1", f"charge_card {run_id}:1:0 attempt=1"]
+    assert len(crash.payments()) == 1
+    assert kinds.count("model.response") == 3
+    assert kinds[-1] == "run.completed"
+
+
+async def test_kill_during_first_model_call_resumes_from_the_start(crash: Crash) -> None:
+    """Killed before anything but run.started was recorded: the run still completes, once."""
+    run_id = await start(crash, "pay_agent")
+    kill_at(crash, "model-turn-0")
+    recover(crash)
+    status, kinds, attempts = await final_state(crash, run_id)
+    assert status == RunStatus.SUCCEEDED
+    assert attempts == 2
+    assert kinds.count("run.completed") == 1
+    assert len(crash.payments()) == 1
