@@ -29,7 +29,7 @@ def log(name: str, line: str) -> None:
 def reached(point: str) -> bool:
     """True (once per test) when this is the chosen crash point: the caller must then hang."""
     marker = DIR / f"reached-{point}"
-    if CRASH_AT != point or marker.exists():
+    if point != CRASH_AT or marker.exists():
         return False
     marker.write_text(str(os.getpid()))
     return True

@@ -8,13 +8,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tether import Runtime, RunStatus
+from tether import RunStatus, Runtime
 
 HERE = Path(__file__).parent
 pytestmark = [pytest.mark.crash, pytest.mark.timeout(120)]
@@ -59,9 +58,9 @@ class Crash:
 
 
 @pytest.fixture
-def crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Crash]:
+def crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Crash:
     monkeypatch.setattr(crash_agents, "DIR", tmp_path)
-    yield Crash(tmp_path, f"sqlite:///{tmp_path / 'tether.db'}")
+    return Crash(tmp_path, f"sqlite:///{tmp_path / 'tether.db'}")
 
 
 async def start(crash: Crash, target: str) -> str:
@@ -104,7 +103,7 @@ async def final_state(crash: Crash, run_id: str) -> tuple[RunStatus, list[str], 
 
 
 async def test_kill_inside_idempotent_write_after_effect_reinvokes_with_same_key(crash: Crash) -> None:
-    """Killed after the charge but before its result was recorded: re-invoked with the same key, charged once."""
+    """Killed after charging, before the result was recorded: re-invoked with the same key, charged once."""
     run_id = await start(crash, "pay_agent")
     kill_at(crash, "charge-after-effect")
     recover(crash)

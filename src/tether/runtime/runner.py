@@ -119,8 +119,7 @@ class Runtime:
     ) -> Run:
         """Enqueue a run; starting the same idempotency key again returns the first run."""
         self.register(agent)
-        if model is not None:
-            self.model_for(agent, model)  # fail now, with the bad spec named, not in a worker later
+        self.model_for(agent, model)  # fail now, naming the bad spec, not later in a worker
         run, _ = await self.store.create_run(
             NewRun(
                 id=new_run_id(),
