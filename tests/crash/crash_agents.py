@@ -17,6 +17,8 @@ from tether import Agent, FunctionModel, ModelRequest, ModelResponse, ToolCall, 
 
 DIR = Path(os.environ.get("CRASH_DIR", "."))
 CRASH_AT = os.environ.get("CRASH_AT", "")
+# Seconds each model call and tool call takes, so that random kills land mid-run.
+STEP_DELAY_S = float(os.environ.get("CRASH_STEP_DELAY_S", "0"))
 
 
 def log(name: str, line: str) -> None:
@@ -38,6 +40,8 @@ def reached(point: str) -> bool:
 async def hang_if(point: str) -> None:
     if reached(point):
         await asyncio.sleep(3600)
+    elif STEP_DELAY_S:
+        await asyncio.sleep(STEP_DELAY_S)
 
 
 @tool(side_effect="read", timeout_s=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -27,21 +28,22 @@ class Crash:
     dir: Path
     db_url: str
 
-    def env(self, crash_at: str = "") -> dict[str, str]:
+    def env(self, crash_at: str = "", step_delay_s: float = 0.0) -> dict[str, str]:
         env = dict(os.environ)
         env["CRASH_DIR"] = str(self.dir)
         env["CRASH_AT"] = crash_at
+        env["CRASH_STEP_DELAY_S"] = str(step_delay_s)
         env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
         return env
 
-    def worker(self, crash_at: str = "") -> subprocess.Popen[str]:
+    def worker(self, crash_at: str = "", step_delay_s: float = 0.0) -> subprocess.Popen[str]:
         command = [
             sys.executable, "-m", "tether", "worker", "--db", self.db_url,
             "--lease-s", "1", "--exit-when-idle",
         ]  # fmt: skip
         return subprocess.Popen(
             command,
-            env=self.env(crash_at),
+            env=self.env(crash_at, step_delay_s),
             cwd=self.dir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -171,3 +173,38 @@ async def test_kill_during_first_model_call_resumes_from_the_start(crash: Crash)
     assert attempts == 2
     assert kinds.count("run.completed") == 1
     assert len(crash.payments()) == 1
+
+
+async def test_random_kills_lose_nothing_and_charge_each_order_once(crash: Crash) -> None:
+    """Workers SIGKILLed at random moments, again and again: every run completes, each charged once."""
+    rng = random.Random(int(os.environ.get("TETHER_CRASH_SEED", "7")))
+    async with Runtime(crash.db_url) as runtime:
+        run_ids = [
+            (await runtime.start(crash_agents.pay_agent, f"order {n}", target="crash_agents:pay_agent")).id
+            for n in range(6)
+        ]
+    kills = 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        worker = crash.worker(step_delay_s=0.2)
+        try:
+            # four lives end at a random moment; the fifth worker is left to finish the work
+            worker.communicate(timeout=rng.uniform(0.8, 2.5) if kills < 4 else 60)
+        except subprocess.TimeoutExpired:
+            worker.send_signal(signal.SIGKILL)
+            worker.communicate(timeout=10)
+            kills += 1
+            continue
+        assert worker.returncode == 0
+        break
+    async with Runtime(crash.db_url) as runtime:
+        runs = [await runtime.store.get_run(run_id) for run_id in run_ids]
+        responses = [
+            [e.data["turn"] for e in await runtime.events(run_id) if e.kind == "model.response"]
+            for run_id in run_ids
+        ]
+    assert kills >= 1, "no worker was killed: the test proved nothing"
+    assert [r.status for r in runs] == [RunStatus.SUCCEEDED] * 6
+    assert responses == [[0, 1, 2]] * 6  # every turn recorded once: nothing recorded was redone
+    payments = crash.payments()
+    assert sorted(key for key, _, _ in payments) == sorted(f"{run_id}:1:0" for run_id in run_ids)
