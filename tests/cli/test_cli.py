@@ -185,3 +185,42 @@ def test_demo_json_summary_is_the_last_line(tmp_path: Path) -> None:
     assert summary["lost"] == 0
     assert summary["duplicate_refunds"] == 0
     assert summary["refunds_issued"] > 0
+
+
+def test_run_over_http_with_the_openai_provider(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tether run --model openai:NAME` talks to OPENAI_BASE_URL over real HTTP and records each step."""
+    from tether.testing.fakellm import FakeLLMServer
+
+    server = FakeLLMServer(SCRIPT)
+    with server.run_in_thread():
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        code, out = invoke(
+            "run", "cli_agents:support", "where is A-7?", "--model", "openai:fake-model", "--json"
+        )
+        assert server.stats["requests"] == 2
+    assert code == 0, out
+    data = json.loads(out)
+    assert data["output"] == "Order A-7 has shipped."
+    events = json.loads(invoke("runs", "events", data["run_id"], "--json")[1])
+    results = [e["data"] for e in events if e["kind"] == "tool.result"]
+    assert results[0]["ok"] is True
+    assert json.loads(results[0]["content"]) == {"order_id": "A-7", "status": "shipped"}
+
+
+def test_provider_failure_fails_the_run_with_its_class(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider 500 ends the run as failed, exit 1, with the error class recorded in run.failed."""
+    from tether.testing.fakellm import FakeLLMServer, Fault
+
+    server = FakeLLMServer(SCRIPT, faults=[Fault("http_500", every=1)])
+    with server.run_in_thread():
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        code, out = invoke("run", "cli_agents:support", "where?", "--model", "openai:fake-model", "--json")
+    assert code == 1
+    run_id = json.loads(out)["run_id"]
+    events = json.loads(invoke("runs", "events", run_id, "--json")[1])
+    assert events[-1]["kind"] == "run.failed"
+    assert events[-1]["data"]["error_class"] == "retryable"
