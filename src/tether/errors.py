@@ -10,7 +10,12 @@
     │   │   ├── ContextTooLongError         the prompt exceeds the window     -> longer model / summarise
     │   │   └── ContentFilterError          the provider refused the content  -> person
     │   ├── AuthenticationError         401/403: a key is missing or wrong    -> fatal
-    │   └── ScriptExhaustedError        a scripted model ran out of turns     -> fatal
+    │   ├── ScriptExhaustedError        a scripted model ran out of turns     -> fatal
+    │   └── AllModelsFailedError        every model of a route failed         -> cache / person
+    ├── UnavailableError            refused locally, fast, before any call    -> another path or later
+    │   ├── CircuitOpenError            the breaker of a model or tool is open
+    │   ├── RateLimitExceededError      a token bucket is empty beyond the allowed wait
+    │   └── BulkheadFullError           a concurrency pool is full beyond the allowed wait
     ├── ToolError                   a tool call could not produce a result
     │   ├── ToolNotFoundError           the model named a tool the agent lacks
     │   ├── ToolArgumentsError          the arguments do not match the schema
@@ -39,6 +44,7 @@ class ErrorClass(enum.StrEnum):
     BAD_REQUEST = "bad_request"  # our request is wrong: fix it, retrying cannot help
     CONTEXT_TOO_LONG = "context_too_long"  # use a longer-context model or summarise
     CONTENT_FILTER = "content_filter"  # the provider refused: a person decides
+    UNAVAILABLE = "unavailable"  # refused locally (breaker open, limit, pool full): another path
     FATAL = "fatal"  # configuration or programming error: stop
 
 
@@ -96,6 +102,39 @@ class AuthenticationError(ModelError):
 
 class ScriptExhaustedError(ModelError):
     error_class = ErrorClass.FATAL
+
+
+class AllModelsFailedError(ModelError):
+    """Every model of a route failed; `errors` holds (model name, error) in the order tried."""
+
+    error_class = ErrorClass.UNAVAILABLE
+
+    def __init__(self, message: str, *, errors: list[tuple[str, BaseException]]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+class UnavailableError(TetherError):
+    """Refused locally and at once, before any call was made; `retry_in_s` says when to try again."""
+
+    error_class = ErrorClass.UNAVAILABLE
+
+    def __init__(self, message: str, *, name: str, retry_in_s: float | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.retry_in_s = retry_in_s
+
+
+class CircuitOpenError(UnavailableError):
+    pass
+
+
+class RateLimitExceededError(UnavailableError):
+    pass
+
+
+class BulkheadFullError(UnavailableError):
+    pass
 
 
 class ToolError(TetherError):

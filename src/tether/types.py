@@ -114,6 +114,9 @@ class ModelResponse:
     model: str = ""
     finish_reason: str | None = None
     confidence: float | None = None
+    # What happened on the way (retries, fallbacks, cache hits): recorded as run events before the
+    # response itself; never sent back to a model.
+    events: tuple[tuple[str, JsonDict], ...] = ()
 
     def to_dict(self) -> JsonDict:
         return {
@@ -176,6 +179,10 @@ class EventKind(enum.StrEnum):
     MODEL_REQUEST = "model.request"
     MODEL_RESPONSE = "model.response"
     MODEL_ERROR = "model.error"
+    MODEL_RETRY = "model.retry"
+    FALLBACK_USED = "fallback.used"
+    BREAKER_OPENED = "breaker.opened"
+    CACHE_HIT = "cache.hit"
     TOOL_INTENT = "tool.intent"
     TOOL_RESULT = "tool.result"
     ESCALATION_OPENED = "escalation.opened"
