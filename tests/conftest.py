@@ -48,3 +48,28 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TETHER_TESTING", "1")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A reachable Redis URL: TETHER_TEST_REDIS_URL or the local default. Missing Redis fails in CI."""
+    import redis as redis_sync
+
+    url = os.environ.get("TETHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        client = redis_sync.Redis.from_url(url, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at {url} is required in CI: {exc}")
+        pytest.skip(f"Redis at {url} is not reachable: {exc}")
+    return url
+
+
+@pytest.fixture
+def redis_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix unique to this test, so tests (and xdist workers) never share Redis keys."""
+    import secrets
+
+    return f"tether-test:{request.node.name[:40]}:{secrets.token_hex(4)}:"

@@ -102,6 +102,9 @@ class ModelRequest:
     turn: int = 0
     temperature: float | None = None
     max_output_tokens: int | None = None
+    principal: str | None = None  # who the call is for: rate limits, budgets, cost accounting
+    tenant: str | None = None  # isolation scope of caches and accounting
+    tags: tuple[str, ...] = ()  # task tags that routing policies read ("simple", "hard", ...)
 
 
 @dataclass(frozen=True, slots=True)
