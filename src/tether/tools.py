@@ -62,7 +62,7 @@ class Tool:
                 f"tool {name or function.__name__!r}: side_effect must be one of "
                 f"{', '.join(SIDE_EFFECTS)}, not {side_effect!r}"
             )
-        if timeout_s <= 0:
+        if not timeout_s > 0:  # written so that NaN is refused too
             raise ConfigurationError(f"tool {name or function.__name__!r}: timeout_s must be > 0")
         self.function = function
         self.name = name or function.__name__
@@ -226,6 +226,16 @@ def _arguments_model(
         if annotation is ToolContext:
             context_parameter = parameter.name
             continue
+        if parameter.kind is parameter.POSITIONAL_ONLY:
+            raise ConfigurationError(
+                f"tool {tool_name!r}: parameter {parameter.name!r} is positional-only; tools are "
+                "called with keyword arguments, so remove the '/'"
+            )
+        if parameter.name.startswith("_"):
+            raise ConfigurationError(
+                f"tool {tool_name!r}: parameter {parameter.name!r} starts with '_', which a model "
+                "cannot send; rename it"
+            )
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[parameter.name] = (annotation, default)
     model = pydantic.create_model(

@@ -43,6 +43,8 @@ def load_script(path: str | Path) -> list[ScriptedTurn]:
         raw = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigurationError(f"script file {str(file)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"script file {str(file)!r} cannot be read as UTF-8 text: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"script file {str(file)!r} is not valid JSON: {exc}") from None
     if not isinstance(raw, list) or not raw:

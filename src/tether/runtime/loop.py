@@ -81,10 +81,12 @@ class RunLoop:
                 return RunStatus.SUCCEEDED
             pending = state.pending_calls
             if pending:
-                status = await self._run_tool_calls(pending)
-                if status is not None:
-                    return status
-                continue
+                await self._run_tool_calls(pending)
+            # Checked on every pass, not only right after the calls ran: a crash may fall between
+            # the last tool.result and the escalation, and a resumed run must decide the same way.
+            status = await self._check_last_turn()
+            if status is not None:
+                return status
             answer = state.final_answer
             if answer is not None:
                 return await self._finish(
@@ -139,11 +141,27 @@ class RunLoop:
         await self._append(EventDraft(EventKind.MODEL_RESPONSE, data), usage=response.usage)
         return None
 
-    async def _run_tool_calls(self, pending: list[tuple[int, ToolCall]]) -> RunStatus | None:
+    async def _run_tool_calls(self, pending: list[tuple[int, ToolCall]]) -> None:
         state = self.state
         for index, call in pending:
             tool = self.agent.tool(call.name)
             if index in state.intents and tool is not None and not tool.idempotent:
+                return  # outcome unknown: `_check_last_turn` hands the run to a person
+        if len(pending) == 1:
+            await self._run_tool_call(*pending[0])
+        else:
+            await asyncio.gather(*(self._run_tool_call(index, call) for index, call in pending))
+
+    async def _check_last_turn(self) -> RunStatus | None:
+        """Escalate when the last turn left an unknown outcome or the model keeps calling badly."""
+        state = self.state
+        if state.last_response is None or not state.last_response.tool_calls:
+            return None
+        for index, call in enumerate(state.last_response.tool_calls):
+            tool = self.agent.tool(call.name)
+            if tool is None or tool.idempotent:
+                continue
+            if index not in state.results and index in state.intents:
                 return await self._escalate(
                     "unknown_outcome",
                     f"Tool {call.name!r} may or may not have run before the worker stopped, and it is "
@@ -151,18 +169,14 @@ class RunLoop:
                     "happened.",
                     {"tool": call.name, "arguments": call.arguments, **state.intents[index]},
                 )
-        await asyncio.gather(*(self._run_tool_call(index, call) for index, call in pending))
-        for index, call in enumerate(state.last_response.tool_calls if state.last_response else ()):
-            result = state.results.get(index, {})
-            tool = self.agent.tool(call.name)
-            if result.get("outcome") == "unknown" and tool is not None and not tool.idempotent:
+            if state.results.get(index, {}).get("outcome") == "unknown":
                 return await self._escalate(
                     "unknown_outcome",
                     f"Tool {call.name!r} timed out, so whether it took effect is unknown, and it is "
                     "not idempotent. A person must check whether it happened.",
                     {"tool": call.name, "arguments": call.arguments, "index": index},
                 )
-        if state.invalid_turns >= self.agent.max_invalid_tool_turns:
+        if not state.pending_calls and state.invalid_turns >= self.agent.max_invalid_tool_turns:
             return await self._escalate(
                 "invalid_tool_calls",
                 f"The model made invalid tool calls {state.invalid_turns} turns in a row.",

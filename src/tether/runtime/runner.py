@@ -40,12 +40,14 @@ def new_worker_id() -> str:
 def load_target(target: str) -> Agent:
     """Import `module:attribute` naming an Agent; errors say exactly what is wrong."""
     module_name, sep, attribute = target.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"agent target {target!r} must look like module:attribute")
+    if not sep or not module_name or not attribute or module_name.startswith("."):
+        raise ConfigurationError(f"agent target {target!r} must look like module:attribute (absolute module)")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"agent target {target!r}: cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # a module that fails while importing is a configuration problem too
+        raise ConfigurationError(
+            f"agent target {target!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     value: object = module
     for part in attribute.split("."):
         try:
@@ -120,7 +122,7 @@ class Runtime:
         """Enqueue a run; starting the same idempotency key again returns the first run."""
         self.register(agent)
         self.model_for(agent, model)  # fail now, naming the bad spec, not later in a worker
-        run, _ = await self.store.create_run(
+        run, created = await self.store.create_run(
             NewRun(
                 id=new_run_id(),
                 agent_name=agent.name,
@@ -132,6 +134,8 @@ class Runtime:
                 idempotency_key=idempotency_key,
             )
         )
+        if created:
+            self._emit(await self.store.load_events(run.id))
         return run
 
     async def run(
@@ -176,7 +180,19 @@ class Runtime:
             await asyncio.sleep(poll_s)
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
-        return await self.store.cancel(run_id, reason)
+        before = await self.store.get_run(run_id)
+        run = await self.store.cancel(run_id, reason)
+        if not before.status.is_terminal:
+            self._emit(await self.store.load_events(run_id, after_seq=before.event_count - 1))
+        return run
+
+    def _emit(self, events: list[RunEvent]) -> None:
+        for sink in self.event_sinks:
+            for event in events:
+                try:
+                    sink(event)
+                except Exception:  # an observer must never break a run
+                    logger.exception("event sink %r failed on %s", sink, event.kind)
 
     async def events(self, run_id: str) -> list[RunEvent]:
         return await self.store.load_events(run_id)
@@ -255,7 +271,7 @@ class Runtime:
 
     async def _fail(self, run: Run, owner: str, seq: int, error: BaseException) -> None:
         with contextlib.suppress(LeaseLostError):
-            await self.store.finish(
+            event = await self.store.finish(
                 run.id,
                 owner,
                 seq,
@@ -266,6 +282,7 @@ class Runtime:
                 ),
                 error=f"{type(error).__name__}: {error}",
             )
+            self._emit([event])
 
 
 @dataclass

@@ -26,6 +26,10 @@ def store_from_url(url: str) -> RunStore:
             f"database URL {url!r}: the PostgreSQL store is not available in this version; "
             "use sqlite:///path.db"
         )
+    if url.startswith("sqlite:") and not url.startswith("sqlite:///"):
+        raise ConfigurationError(
+            f"database URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
     if "://" in url and not url.startswith("sqlite:"):
         raise ConfigurationError(f"database URL {url!r} has an unknown scheme; use sqlite:///path.db")
     return SqliteRunStore.from_url(url)

@@ -67,9 +67,13 @@ class SqliteRunStore:
             )
         except sqlite3.Error as exc:
             raise ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._migrate()
+        except (sqlite3.Error, StoreError) as exc:
+            self._db.close()
+            raise ConfigurationError(f"{self.path!r} is not a usable tether database: {exc}") from exc
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> SqliteRunStore:
@@ -120,47 +124,54 @@ class SqliteRunStore:
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
         now = self._clock()
         with self._write() as db:
-            if new.idempotency_key is not None:
-                row = db.execute(
-                    f"SELECT {RUN_COLUMNS} FROM runs WHERE idempotency_key = ?",
-                    (new.idempotency_key,),
-                ).fetchone()
-                if row is not None:
-                    existing = run_from_row(row)
-                    if existing.agent_name != new.agent_name or existing.input != new.input:
-                        raise IdempotencyConflictError(
-                            f"idempotency key {new.idempotency_key!r} already started run "
-                            f"{existing.id} with a different agent or input; use a new key"
-                        )
-                    return existing, False
-            db.execute(
-                "INSERT INTO runs (id, agent_name, agent_version, agent_target, model_spec, status, "
-                "input, principal, idempotency_key, parent_run_id, created_at_epoch_ms, "
-                "updated_at_epoch_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    new.id,
-                    new.agent_name,
-                    new.agent_version,
-                    new.agent_target,
-                    new.model_spec,
-                    RunStatus.QUEUED.value,
-                    new.input,
-                    new.principal,
-                    new.idempotency_key,
-                    new.parent_run_id,
-                    now,
-                    now,
-                ),
+            existing = self._run_with_key(db, new)
+            if existing is None:
+                self._insert_run(db, new, now)
+        return await self.get_run(new.id if existing is None else existing), existing is None
+
+    def _run_with_key(self, db: sqlite3.Connection, new: NewRun) -> str | None:
+        """The id of the run already started with `new`'s idempotency key, if any."""
+        if new.idempotency_key is None:
+            return None
+        row = db.execute(
+            "SELECT id, agent_name, input FROM runs WHERE idempotency_key = ?", (new.idempotency_key,)
+        ).fetchone()
+        if row is None:
+            return None
+        if row[1] != new.agent_name or row[2] != new.input:
+            raise IdempotencyConflictError(
+                f"idempotency key {new.idempotency_key!r} already started run {row[0]} with a "
+                "different agent or input; use a new key"
             )
-            data = {"agent": new.agent_name, "version": new.agent_version, "input": new.input}
-            if new.principal is not None:
-                data["principal"] = new.principal
-            db.execute(
-                "INSERT INTO run_events (run_id, seq, kind, created_at_epoch_ms, data) "
-                "VALUES (?, 0, ?, ?, ?)",
-                (new.id, EventKind.RUN_STARTED.value, now, dumps(data)),
-            )
-        return await self.get_run(new.id), True
+        return str(row[0])
+
+    def _insert_run(self, db: sqlite3.Connection, new: NewRun, now: int) -> None:
+        db.execute(
+            "INSERT INTO runs (id, agent_name, agent_version, agent_target, model_spec, status, "
+            "input, principal, idempotency_key, parent_run_id, created_at_epoch_ms, "
+            "updated_at_epoch_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                new.id,
+                new.agent_name,
+                new.agent_version,
+                new.agent_target,
+                new.model_spec,
+                RunStatus.QUEUED.value,
+                new.input,
+                new.principal,
+                new.idempotency_key,
+                new.parent_run_id,
+                now,
+                now,
+            ),
+        )
+        data = {"agent": new.agent_name, "version": new.agent_version, "input": new.input}
+        if new.principal is not None:
+            data["principal"] = new.principal
+        db.execute(
+            "INSERT INTO run_events (run_id, seq, kind, created_at_epoch_ms, data) VALUES (?, 0, ?, ?, ?)",
+            (new.id, EventKind.RUN_STARTED.value, now, dumps(data)),
+        )
 
     async def get_run(self, run_id: str) -> Run:
         row = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -170,18 +181,20 @@ class SqliteRunStore:
         return run_from_row(row, count)
 
     async def list_runs(self, *, status: RunStatus | None = None, limit: int = 100) -> list[Run]:
+        counted = (
+            f"SELECT {RUN_COLUMNS}, (SELECT count(*) FROM run_events e WHERE e.run_id = runs.id) FROM runs"
+        )
         if status is None:
             rows = self._db.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at_epoch_ms DESC, id LIMIT ?",
+                f"{counted} ORDER BY created_at_epoch_ms DESC, id LIMIT ?",
                 (limit,),
             )
         else:
             rows = self._db.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs WHERE status = ? "
-                "ORDER BY created_at_epoch_ms DESC, id LIMIT ?",
+                f"{counted} WHERE status = ? ORDER BY created_at_epoch_ms DESC, id LIMIT ?",
                 (status.value, limit),
             )
-        return [run_from_row(row) for row in rows.fetchall()]
+        return [run_from_row(row, row[-1]) for row in rows.fetchall()]
 
     async def claim_run(self, owner: str, lease_s: float, *, run_id: str | None = None) -> Run | None:
         now = self._clock()
@@ -207,7 +220,8 @@ class SqliteRunStore:
                 f"attempts = attempts + 1, updated_at_epoch_ms = ? WHERE id = ? RETURNING {RUN_COLUMNS}",
                 (owner, expires, now, target[0]),
             ).fetchone()
-        return run_from_row(row)
+            (count,) = db.execute("SELECT count(*) FROM run_events WHERE run_id = ?", (target[0],)).fetchone()
+        return run_from_row(row, count)
 
     async def heartbeat(self, run_id: str, owner: str, lease_s: float) -> bool:
         now = self._clock()
