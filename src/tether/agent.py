@@ -27,6 +27,7 @@ class Agent:
     version: str = "1"
     max_steps: int = DEFAULT_MAX_STEPS
     max_invalid_tool_turns: int = 3
+    tags: tuple[str, ...] = ()  # task tags the gateway's routing rules read ("simple", "hard", ...)
     _by_name: dict[str, Tool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

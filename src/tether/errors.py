@@ -33,6 +33,7 @@ event. Model errors are classified by `classify()` so that exactly one layer dec
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 
 class ErrorClass(enum.StrEnum):
@@ -49,9 +50,14 @@ class ErrorClass(enum.StrEnum):
 
 
 class TetherError(Exception):
-    """Base of every error tether raises on purpose."""
+    """Base of every error tether raises on purpose.
+
+    `events` carries what happened before the error (retries, fallbacks, breaker transitions) as
+    (kind, data) pairs, so the run's event log can record them.
+    """
 
     error_class: ErrorClass = ErrorClass.FATAL
+    events: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 class ConfigurationError(TetherError):
