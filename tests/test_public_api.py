@@ -10,7 +10,14 @@ import pytest
 
 import tether
 
-PACKAGES = ["tether", "tether.models", "tether.store", "tether.runtime"]
+PACKAGES = [
+    "tether",
+    "tether.gateway",
+    "tether.models",
+    "tether.resilience",
+    "tether.runtime",
+    "tether.store",
+]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -10,6 +10,7 @@ from tether.models.base import Model
 from tether.tools import Tool
 
 DEFAULT_MAX_STEPS = 10
+DEFAULT_MAX_WALL_CLOCK_S = 30.0  # DESIGN.md: interactive runs; counts working time, not human waits
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class Agent:
 
     `max_steps` bounds the model turns of one run; reaching it hands the run to a person.
     `max_invalid_tool_turns` bounds consecutive turns whose every call was unknown or malformed.
+    `max_wall_clock_s` bounds the time the run spends working (model and tool calls, across workers
+    and resumes; time waiting for a person does not count); None lifts it.
     """
 
     name: str
@@ -27,6 +30,7 @@ class Agent:
     version: str = "1"
     max_steps: int = DEFAULT_MAX_STEPS
     max_invalid_tool_turns: int = 3
+    max_wall_clock_s: float | None = DEFAULT_MAX_WALL_CLOCK_S
     tags: tuple[str, ...] = ()  # task tags the gateway's routing rules read ("simple", "hard", ...)
     _by_name: dict[str, Tool] = field(init=False, repr=False, compare=False)
 
@@ -35,6 +39,8 @@ class Agent:
             raise ConfigurationError("an agent needs a non-empty name")
         if self.max_steps < 1:
             raise ConfigurationError(f"agent {self.name!r}: max_steps must be >= 1, not {self.max_steps}")
+        if self.max_wall_clock_s is not None and not self.max_wall_clock_s > 0:
+            raise ConfigurationError(f"agent {self.name!r}: max_wall_clock_s must be > 0 or None")
         if self.max_invalid_tool_turns < 1:
             raise ConfigurationError(f"agent {self.name!r}: max_invalid_tool_turns must be >= 1")
         by_name: dict[str, Tool] = {}

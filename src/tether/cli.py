@@ -1,4 +1,4 @@
-"""The `tether` command line: run, worker, runs list|show|events|cancel, demo.
+"""The `tether` command line: run, worker, runs list|show|events|cancel, demo, gateway.
 
 Exit codes: 0 the run succeeded (or the command did its job), 1 the run did not succeed,
 2 usage or configuration error (the message names the bad value).
@@ -20,8 +20,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tether.config import Settings, load_settings
+from tether.config import Settings, load_settings, open_runtime
 from tether.errors import ConfigurationError, TetherError
+from tether.models import model_from_spec
 from tether.runtime import Runtime, Worker, load_target
 from tether.types import Run, RunStatus
 
@@ -114,7 +115,7 @@ def run(
         raise _err(str(exc)) from None
 
     async def go() -> Run:
-        async with Runtime(settings.db, agents=[agent], lease_s=settings.lease_s) as runtime:
+        async with open_runtime(settings, agents=[agent]) as runtime:
             kwargs = {
                 "principal": principal,
                 "idempotency_key": idempotency_key,
@@ -161,7 +162,7 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with Runtime(settings.db, lease_s=settings.lease_s) as runtime:
+        async with open_runtime(settings) as runtime:
             stats = await Worker(runtime, concurrency=settings.concurrency).run(
                 exit_when_idle=exit_when_idle, stop=stop
             )
@@ -293,3 +294,129 @@ def demo(
     if as_json:
         typer.echo(json.dumps(summary))
     raise typer.Exit(0 if summary["lost"] == 0 and summary["duplicate_refunds"] == 0 else 1)
+
+
+@app.command()
+def gateway(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            metavar="ROUTE=SPEC",
+            help="A route and its model chain, e.g. default=openai:gpt-4o-mini,anthropic:claude-haiku-4-5.",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to bind; 0 picks a free one.")] = 8400,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            envvar="TETHER_GATEWAY_API_KEYS",
+            help="Require 'Authorization: Bearer KEY' (repeatable; the variable takes keys split by spaces).",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the gateway over an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models).
+
+    Routes come from [tether.routes] in tether.toml and from --model ROUTE=SPEC[,FALLBACK...]; calls get
+    the gateway's retries, fallbacks, breakers, rate limits and cost accounting. Serves until SIGTERM.
+    """
+    import socket
+
+    import uvicorn
+
+    from tether.config import build_wiring
+    from tether.server.openai_api import create_openai_app
+
+    settings = _settings(config)
+    routes = _parse_routes(model or [])
+    if not routes and not settings.routes:
+        raise _err(
+            "give at least one --model ROUTE=SPEC (e.g. --model default=openai:gpt-4o-mini) "
+            "or [tether.routes] in tether.toml"
+        )
+    try:
+        wiring = build_wiring(settings, extra_routes=routes)
+    except ConfigurationError as exc:
+        raise _err(str(exc)) from None
+    backend = wiring  # closes the gateway's connections and the Redis client
+    try:
+        app_ = create_openai_app(wiring.gateway, api_keys=api_key or None)
+    except ConfigurationError as exc:
+        raise _err(str(exc)) from None
+    # Bound and listening before the URL is printed, so a client reading it can connect at once.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise _err(f"cannot serve on {host}:{port}: {exc}", 1) from None
+    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", ws="none"))
+
+    def stop(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            await backend.aclose()
+
+    # uvicorn re-raises the signal it handled once it has shut down; ours turns that into exit 0.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        bound = sock.getsockname()[1]
+        typer.echo(f"serving on http://{f'[{host}]' if ':' in host else host}:{bound}/v1")
+        asyncio.run(serve())
+    finally:
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _parse_routes(pairs: list[str]) -> dict[str, list[str]]:
+    """`ROUTE=SPEC[,FALLBACK...]` options into routes; bad pairs exit 2 naming them."""
+    routes: dict[str, list[str]] = {}
+    for pair in pairs:
+        route, sep, chain = (part.strip() for part in pair.partition("="))
+        specs = [spec.strip() for spec in chain.split(",") if spec.strip()]
+        if not sep or not route or not specs:
+            raise _err(
+                f"--model {pair!r} must look like ROUTE=SPEC[,FALLBACK...], e.g. default=openai:gpt-4o-mini"
+            )
+        if route in routes:
+            raise _err(f"--model {pair!r}: route {route!r} is given twice")
+        for spec in specs:
+            try:
+                model_from_spec(spec)
+            except ConfigurationError as exc:
+                raise _err(f"--model {pair!r}: {exc}") from None
+        routes[route] = specs
+    return routes
+
+
+@app.command("fake-llm")
+def fake_llm(
+    script: Annotated[Path, typer.Option("--script", help="JSON list of turns (the scripted: format).")],
+    faults: Annotated[
+        str, typer.Option("--faults", help="Faults to inject, e.g. 'http_500:rate=0.2,seed=7'.")
+    ] = "",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0 picks a free one).")] = 0,
+    model: Annotated[str, typer.Option("--model", help="Model id listed by /v1/models.")] = "fake-model",
+) -> None:
+    """A fake OpenAI-compatible server on 127.0.0.1 that answers from a script and injects faults.
+
+    Prints its base URL on one line, then serves until SIGTERM/SIGINT. See docs/fake-llm.md.
+    """
+    from tether.testing.fakellm import serve
+
+    try:
+        serve(script, faults=faults, port=port, model_name=model, ready=typer.echo)
+    except ConfigurationError as exc:
+        raise _err(str(exc)) from None
+    except OSError as exc:
+        raise _err(f"cannot serve on 127.0.0.1:{port}: {exc}", 1) from None

@@ -21,6 +21,8 @@ from tether.errors import (
     ToolNotFoundError,
     ToolTimeoutError,
 )
+from tether.resilience.ratelimit import RateLimit
+from tether.resilience.retry import RetryPolicy
 from tether.types import JsonDict, ToolDefinition
 
 SideEffect = Literal["none", "read", "write"]
@@ -56,6 +58,11 @@ class Tool:
         side_effect: SideEffect = "write",
         idempotent: bool | None = None,
         timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        rate_limit: RateLimit | None = None,
+        bulkhead: str | None = None,
+        max_concurrent: int = 8,
+        cache_ttl_s: float | None = None,
     ) -> None:
         if side_effect not in SIDE_EFFECTS:
             raise ConfigurationError(
@@ -71,6 +78,22 @@ class Tool:
         # Only writes can be unsafe to repeat; a write is assumed unsafe unless declared otherwise.
         self.idempotent = idempotent if idempotent is not None else side_effect != "write"
         self.timeout_s = timeout_s
+        if retry is not None and retry.max_attempts > 1 and not self.idempotent:
+            raise ConfigurationError(
+                f"tool {self.name!r}: a write tool that is not idempotent cannot be retried "
+                "automatically (it could run twice); declare idempotent=True or drop retry"
+            )
+        if max_concurrent < 1:
+            raise ConfigurationError(f"tool {self.name!r}: max_concurrent must be >= 1")
+        if cache_ttl_s is not None and (side_effect == "write" or not cache_ttl_s > 0):
+            raise ConfigurationError(
+                f"tool {self.name!r}: only read or pure tools may be cached, with cache_ttl_s > 0"
+            )
+        self.retry = retry
+        self.rate_limit = rate_limit
+        self.bulkhead = bulkhead
+        self.max_concurrent = max_concurrent
+        self.cache_ttl_s = cache_ttl_s
         self.is_async = inspect.iscoroutinefunction(function)
         self.arguments_model, self._context_parameter = _arguments_model(function, self.name)
         self.definition = ToolDefinition(
@@ -108,20 +131,23 @@ class Tool:
                 tool_name=self.name,
             ) from None
 
-    async def invoke(self, arguments: pydantic.BaseModel, context: ToolContext) -> Any:
+    async def invoke(
+        self, arguments: pydantic.BaseModel, context: ToolContext, *, timeout_s: float | None = None
+    ) -> Any:
         """Run the tool within its timeout; sync functions run in a thread so the loop never blocks."""
+        timeout_s = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         kwargs = {field: getattr(arguments, field) for field in type(arguments).model_fields}
         if self._context_parameter is not None:
             kwargs[self._context_parameter] = context
         try:
             if self.is_async:
-                return await asyncio.wait_for(self.function(**kwargs), self.timeout_s)
+                return await asyncio.wait_for(self.function(**kwargs), timeout_s)
             call = functools.partial(self.function, **kwargs)
             # A timed-out thread cannot be killed; it finishes in the background, its result dropped.
-            return await asyncio.wait_for(asyncio.to_thread(call), self.timeout_s)
+            return await asyncio.wait_for(asyncio.to_thread(call), timeout_s)
         except TimeoutError:
             raise ToolTimeoutError(
-                f"Tool {self.name!r} did not finish within {self.timeout_s:g} s; its outcome is unknown.",
+                f"Tool {self.name!r} did not finish within {timeout_s:g} s; its outcome is unknown.",
                 tool_name=self.name,
             ) from None
         except (ToolArgumentsError, ToolTimeoutError):
@@ -144,6 +170,11 @@ def tool(
     side_effect: SideEffect = "write",
     idempotent: bool | None = None,
     timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+    retry: RetryPolicy | None = None,
+    rate_limit: RateLimit | None = None,
+    bulkhead: str | None = None,
+    max_concurrent: int = 8,
+    cache_ttl_s: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -156,11 +187,19 @@ def tool(
     side_effect: SideEffect = "write",
     idempotent: bool | None = None,
     timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+    retry: RetryPolicy | None = None,
+    rate_limit: RateLimit | None = None,
+    bulkhead: str | None = None,
+    max_concurrent: int = 8,
+    cache_ttl_s: float | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. Undeclared side effects default to `write`, not idempotent: the safe guess.
 
     Use `@tool(side_effect="read")` for lookups and `@tool(side_effect="write", idempotent=True)` for
-    writes that pass `ctx.idempotency_key` to their backend.
+    writes that pass `ctx.idempotency_key` to their backend. Resilience options: `retry` (idempotent
+    tools only), `rate_limit` (a token bucket for this tool), `bulkhead` + `max_concurrent` (a
+    concurrency pool shared by the tools naming the same group), `cache_ttl_s` (read tools' results
+    reused for identical arguments). Every tool has its own circuit breaker.
     """
 
     def wrap(fn: Callable[..., Any]) -> Tool:
@@ -171,6 +210,11 @@ def tool(
             side_effect=side_effect,
             idempotent=idempotent,
             timeout_s=timeout_s,
+            retry=retry,
+            rate_limit=rate_limit,
+            bulkhead=bulkhead,
+            max_concurrent=max_concurrent,
+            cache_ttl_s=cache_ttl_s,
         )
 
     return wrap(function) if function is not None else wrap

@@ -191,6 +191,7 @@ class EventKind(enum.StrEnum):
     CACHE_HIT = "cache.hit"
     TOOL_INTENT = "tool.intent"
     TOOL_RESULT = "tool.result"
+    TOOL_RETRY = "tool.retry"
     ESCALATION_OPENED = "escalation.opened"
     RUN_COMPLETED = "run.completed"
     RUN_FAILED = "run.failed"

@@ -208,10 +208,10 @@ def test_run_over_http_with_the_openai_provider(env: dict[str, str], monkeypatch
     assert json.loads(results[0]["content"]) == {"order_id": "A-7", "status": "shipped"}
 
 
-def test_provider_failure_fails_the_run_with_its_class(
+def test_provider_outage_hands_the_run_to_a_person(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A provider 500 ends the run as failed, exit 1, with the error class recorded in run.failed."""
+    """A provider that keeps answering 500 is retried 3 times, then the run waits for a person (exit 1)."""
     from tether.testing.fakellm import FakeLLMServer, Fault
 
     server = FakeLLMServer(SCRIPT, faults=[Fault("http_500", every=1)])
@@ -219,8 +219,11 @@ def test_provider_failure_fails_the_run_with_its_class(
         monkeypatch.setenv("OPENAI_BASE_URL", server.url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
         code, out = invoke("run", "cli_agents:support", "where?", "--model", "openai:fake-model", "--json")
+        assert server.stats["requests"] == 3
     assert code == 1
-    run_id = json.loads(out)["run_id"]
-    events = json.loads(invoke("runs", "events", run_id, "--json")[1])
-    assert events[-1]["kind"] == "run.failed"
-    assert events[-1]["data"]["error_class"] == "retryable"
+    result = json.loads(out)
+    assert result["status"] == "waiting_human"
+    events = json.loads(invoke("runs", "events", result["run_id"], "--json")[1])
+    assert [e["kind"] for e in events].count("model.retry") == 2
+    assert events[-1]["kind"] == "escalation.opened"
+    assert events[-1]["data"]["context"]["error_class"] == "retryable"

@@ -318,20 +318,29 @@ async def test_step_limit_escalates_without_another_model_call(
     assert "2 steps" in escalation.data["message"]
 
 
-async def test_retryable_model_error_fails_the_run(runtime: Runtime, script: type[ScriptModel]) -> None:
-    """A model error ends the run failed, with a run.failed event carrying the error class."""
+async def test_retryable_model_error_escalates_after_retries(
+    runtime: Runtime, script: type[ScriptModel]
+) -> None:
+    """A model that keeps failing transiently is retried, then the run waits for a person (not failed)."""
     model = script(ModelRetryableError("upstream returned 503", status_code=503))
+    runtime.gateway._sleep = _no_sleep  # backoff would only slow the test down
     run = await runtime.run(support_agent(Ledger(), model.model), "hi")
-    assert run.status is RunStatus.FAILED
-    assert run.error == "ModelRetryableError: upstream returned 503"
-    failed = (await runtime.events(run.id))[-1]
-    assert failed.kind == "run.failed"
-    assert failed.data == {
+    assert run.status is RunStatus.WAITING_HUMAN
+    events = await runtime.events(run.id)
+    assert [e.kind for e in events].count("model.retry") == 2
+    escalation = events[-1]
+    assert escalation.kind == "escalation.opened"
+    assert escalation.data["reason"] == "model_unavailable"
+    assert escalation.data["context"] == {
         "error_class": "retryable",
         "error": "ModelRetryableError",
         "message": "upstream returned 503",
         "turn": 0,
     }
+
+
+async def _no_sleep(delay_s: float) -> None:
+    return None
 
 
 async def test_exhausted_script_fails_the_run(runtime: Runtime) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,8 @@ class FunctionModel:
         if inspect.isawaitable(result):
             result = await result
         assert isinstance(result, ModelResponse)
+        if result.usage.cost_usd is None:  # a local function bills nothing
+            result = replace(result, usage=replace(result.usage, cost_usd=0.0))
         return result
 
     async def aclose(self) -> None:

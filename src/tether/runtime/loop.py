@@ -15,8 +15,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tether.agent import Agent
-from tether.errors import ModelError, ToolArgumentsError, ToolError, ToolTimeoutError, classify
+from tether.errors import (
+    ErrorClass,
+    TetherError,
+    ToolArgumentsError,
+    ToolError,
+    ToolTimeoutError,
+    UnavailableError,
+    classify,
+)
 from tether.models.base import Model
+from tether.runtime.guards import ToolGuards
 from tether.runtime.state import RunState
 from tether.store.base import EventDraft, OperationWrite, RunStore
 from tether.tools import ToolContext, to_jsonable, tool_result_text, unknown_tool_error
@@ -36,6 +45,18 @@ logger = logging.getLogger("tether.runtime")
 
 EventSink = Callable[[RunEvent], None]
 
+# Errors after which waiting or another path may help: the run goes to a person, not to "failed".
+ESCALATE_ON = frozenset(
+    {
+        ErrorClass.RETRYABLE,
+        ErrorClass.RATE_LIMITED,
+        ErrorClass.TIMEOUT,
+        ErrorClass.UNAVAILABLE,
+        ErrorClass.CONTEXT_TOO_LONG,
+        ErrorClass.CONTENT_FILTER,
+    }
+)
+
 
 class RunLoop:
     """Executes one run while holding its lease; every write is fenced by that lease."""
@@ -50,6 +71,7 @@ class RunLoop:
         owner: str,
         events: list[RunEvent],
         sinks: Sequence[EventSink] = (),
+        guards: ToolGuards | None = None,
     ) -> None:
         self.store = store
         self.agent = agent
@@ -58,6 +80,7 @@ class RunLoop:
         self.owner = owner
         self.state = RunState.fold(run.id, events)
         self.sinks = sinks
+        self.guards = guards or ToolGuards()
         self._append_lock = asyncio.Lock()
         self._system = (Message(role="system", content=agent.instructions),) if agent.instructions else ()
         self._tool_definitions = tuple(t.definition for t in agent.tools)
@@ -94,6 +117,13 @@ class RunLoop:
                     EventDraft(EventKind.RUN_COMPLETED, {"output": answer, "usage": state.usage.to_dict()}),
                     output=answer,
                 )
+            limit_s = self.agent.max_wall_clock_s
+            if limit_s is not None and state.active_ms >= limit_s * 1000:
+                return await self._escalate(
+                    "wall_clock",
+                    f"The run worked for {state.active_ms / 1000:.1f} s, over its {limit_s:g} s limit; "
+                    "a person should decide how to continue.",
+                )
             if state.turns >= self.agent.max_steps:
                 return await self._escalate(
                     "step_limit",
@@ -118,28 +148,46 @@ class RunLoop:
             tools=self._tool_definitions,
             run_id=self.run.id,
             turn=turn,
+            principal=self.run.principal,
+            tags=self.agent.tags,
         )
+        started = time.perf_counter()
         try:
+            await self.guards.admit_model_call(self.run.principal)
             response = await self.model.request(request)
-        except ModelError as exc:
-            error_class = classify(exc)
-            return await self._finish(
-                RunStatus.FAILED,
-                EventDraft(
-                    EventKind.RUN_FAILED,
-                    {
-                        "error_class": str(error_class),
-                        "error": type(exc).__name__,
-                        "message": str(exc),
-                        "turn": turn,
-                    },
-                ),
-                error=f"{type(exc).__name__}: {exc}",
-            )
+        except Exception as exc:
+            return await self._model_failed(exc, turn)
         data = response.to_dict()
         data["turn"] = turn
-        await self._append(EventDraft(EventKind.MODEL_RESPONSE, data), usage=response.usage)
+        data["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        notes = [EventDraft(kind, {**note, "turn": turn}) for kind, note in response.events]
+        await self._append(*notes, EventDraft(EventKind.MODEL_RESPONSE, data), usage=response.usage)
         return None
+
+    async def _model_failed(self, error: Exception, turn: int) -> RunStatus:
+        """No model could answer: a person takes over when waiting may help; a broken request fails."""
+        events = error.events if isinstance(error, TetherError) else ()
+        notes = [EventDraft(kind, {**note, "turn": turn}) for kind, note in events]
+        error_class = classify(error)
+        detail = {
+            "error_class": str(error_class),
+            "error": type(error).__name__,
+            "message": str(error),
+            "turn": turn,
+        }
+        if notes:
+            await self._append(*notes)
+        if error_class in ESCALATE_ON:
+            return await self._escalate(
+                "model_unavailable" if error_class != ErrorClass.CONTEXT_TOO_LONG else "context_too_long",
+                f"No model could answer ({error_class}): {error}",
+                detail,
+            )
+        return await self._finish(
+            RunStatus.FAILED,
+            EventDraft(EventKind.RUN_FAILED, detail),
+            error=f"{type(error).__name__}: {error}",
+        )
 
     async def _run_tool_calls(self, pending: list[tuple[int, ToolCall]]) -> None:
         state = self.state
@@ -199,17 +247,6 @@ class RunLoop:
         key = f"{self.run.id}:{turn}:{index}"
         prior = self.state.intents.get(index)
         attempt = prior["attempt"] + 1 if prior else 1
-        if tool.side_effect == "write":
-            intent = {
-                **base,
-                "arguments": call.arguments,
-                "idempotency_key": key,
-                "attempt": attempt,
-            }
-            await self._append(
-                EventDraft(EventKind.TOOL_INTENT, intent),
-                operations=(OperationWrite(key, self.run.id, tool.name, "intent", arguments=call.arguments),),
-            )
         context = ToolContext(
             run_id=self.run.id,
             idempotency_key=key,
@@ -218,23 +255,50 @@ class RunLoop:
             tool_name=tool.name,
             call_id=call.id,
         )
-        started = time.perf_counter()
+        notes: list[tuple[str, JsonDict]] = []
         result: JsonDict = {**base, "attempt": attempt}
         value: Any = None
+        started = time.perf_counter()
         try:
-            value = await tool.invoke(arguments, context)
+            await self.guards.admit(tool)
+            async with self.guards.pool(tool):
+                if tool.side_effect == "write":
+                    intent = {**base, "arguments": call.arguments, "idempotency_key": key, "attempt": attempt}
+                    await self._append(
+                        EventDraft(EventKind.TOOL_INTENT, intent),
+                        operations=(
+                            OperationWrite(key, self.run.id, tool.name, "intent", arguments=call.arguments),
+                        ),
+                    )
+                value = await self.guards.call(
+                    tool, arguments, context, timeout_s=self._remaining_s(), events=notes
+                )
             result.update(ok=True, outcome="succeeded", content=tool_result_text(value))
+        except UnavailableError as exc:
+            # Refused before (or between) attempts: nothing ran on this refusal; the model adapts.
+            message = (
+                f"Tool {tool.name!r} is temporarily unavailable: {exc}. "
+                "Try again later or continue without it."
+            )
+            result.update(ok=False, outcome="failed", content=message, error="unavailable")
         except ToolTimeoutError as exc:
             result.update(ok=False, outcome="unknown", content=exc.message_for_model, error="timeout")
         except ToolError as exc:
             result.update(ok=False, outcome="failed", content=exc.message_for_model, error="failed")
         result["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         operations: tuple[OperationWrite, ...] = ()
-        if tool.side_effect == "write":
+        if tool.side_effect == "write" and result.get("error") != "unavailable":
             outcome = result["outcome"]
             stored = {"value": to_jsonable(value)} if outcome == "succeeded" else {"error": result["content"]}
             operations = (OperationWrite(key, self.run.id, tool.name, outcome, result=stored),)
-        await self._append(EventDraft(EventKind.TOOL_RESULT, result), operations=operations)
+        drafts = [EventDraft(kind, {**data, "turn": turn}) for kind, data in notes]
+        await self._append(*drafts, EventDraft(EventKind.TOOL_RESULT, result), operations=operations)
+
+    def _remaining_s(self) -> float | None:
+        """Seconds left of the run's wall-clock budget (active time), or None when it has none."""
+        if self.agent.max_wall_clock_s is None:
+            return None
+        return max(0.001, self.agent.max_wall_clock_s - self.state.active_ms / 1000)
 
     async def _record_invalid(self, base: JsonDict, error: ToolError) -> None:
         # Not an exception that ends the run: the model reads what to fix and tries again.

@@ -16,8 +16,10 @@ from types import TracebackType
 
 from tether.agent import Agent
 from tether.errors import ConfigurationError, LeaseLostError, TetherError
+from tether.gateway import Gateway
 from tether.models import model_from_spec
 from tether.models.base import Model
+from tether.runtime.guards import ToolGuards
 from tether.runtime.loop import EventSink, RunLoop
 from tether.store import store_from_url
 from tether.store.base import EventDraft, NewRun, RunStore
@@ -70,6 +72,8 @@ class Runtime:
         *,
         agents: Sequence[Agent] = (),
         model_factory: Callable[[str], Model] = model_from_spec,
+        gateway: Gateway | None = None,
+        guards: ToolGuards | None = None,
         lease_s: float = DEFAULT_LEASE_S,
         event_sinks: Sequence[EventSink] = (),
         worker_id: str | None = None,
@@ -81,8 +85,13 @@ class Runtime:
         self._agents: dict[str, Agent] = {}
         for agent in agents:
             self.register(agent)
-        self._model_factory = model_factory
-        self._models: dict[str, Model] = {}
+        # Every model call goes through a gateway; a default one still retries and breaks circuits.
+        self.gateway = gateway or Gateway(model_factory=model_factory)
+        self._owns_gateway = gateway is None
+        # Tools share the gateway's breaker and limiter state (one view of what is broken).
+        self.guards = guards or ToolGuards(
+            breakers=self.gateway.breakers, rate_limiter=self.gateway.rate_limiter
+        )
         self.lease_s = lease_s
         self.event_sinks = list(event_sinks)
         self.worker_id = worker_id or new_worker_id()
@@ -103,9 +112,8 @@ class Runtime:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for model in self._models.values():
-            await model.aclose()
-        self._models.clear()
+        if self._owns_gateway:
+            await self.gateway.aclose()
         if self._owns_store:
             await self.store.close()
 
@@ -211,17 +219,13 @@ class Runtime:
         )
 
     def model_for(self, agent: Agent, spec: str | None = None) -> Model:
+        """The model a run of `agent` uses: `spec` (a route or model spec) or the agent's own."""
         chosen = spec if spec is not None else agent.model
         if chosen is None:
             raise ConfigurationError(
                 f"agent {agent.name!r} has no model; set Agent(model=...) or pass --model"
             )
-        if not isinstance(chosen, str):
-            return chosen
-        model = self._models.get(chosen)
-        if model is None:
-            model = self._models[chosen] = self._model_factory(chosen)
-        return model
+        return self.gateway.model_for(chosen)
 
     async def drive(self, run: Run, owner: str) -> Run:
         """Execute a run this owner has leased, heartbeating until it ends, pauses or is lost."""
@@ -240,6 +244,7 @@ class Runtime:
             owner=owner,
             events=events,
             sinks=self.event_sinks,
+            guards=self.guards,
         )
         task = asyncio.create_task(loop.execute(), name=f"tether-run-{run.id}")
         heartbeat = asyncio.create_task(self._heartbeat(run.id, owner, task))

@@ -28,6 +28,10 @@ class RunState:
     usage: Usage = field(default_factory=Usage)
     completed_output: str | None = None
     resumes: int = 0
+    # Time spent working (model calls, and the longest tool call of each turn, since a turn's
+    # calls run concurrently): what the wall-clock limit counts, whichever workers did the work.
+    active_ms: float = 0.0
+    _turn_tool_ms: float = 0.0
 
     @classmethod
     def fold(cls, run_id: str, events: list[RunEvent]) -> RunState:
@@ -68,10 +72,16 @@ class RunState:
             self.intents = {}
             self.usage = self.usage + response.usage
             self.messages.append(response.as_message())
+            self.active_ms += data.get("duration_ms", 0.0)
+            self._turn_tool_ms = 0.0
         elif kind == EventKind.TOOL_INTENT:
             self.intents[data["index"]] = data
         elif kind == EventKind.TOOL_RESULT:
             self.results[data["index"]] = data
+            duration_ms = data.get("duration_ms", 0.0)
+            if duration_ms > self._turn_tool_ms:
+                self.active_ms += duration_ms - self._turn_tool_ms
+                self._turn_tool_ms = duration_ms
             if self.last_response is not None and not self.pending_calls:
                 self._close_turn()
         elif kind == EventKind.RUN_RESUMED:

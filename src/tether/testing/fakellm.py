@@ -11,65 +11,31 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, get_args
+from typing import Any
 
 from pydantic import ValidationError
 
 from tether.errors import ConfigurationError
 from tether.models.scripted import ScriptedTurn, load_script
+from tether.testing._http import HttpError, error_body, parse_head, read_body, send, send_raw
+from tether.testing.faults import FAULT_KINDS, Fault, FaultKind, counts_as_turn, parse_faults, rewrite
 from tether.types import JsonDict
 
-FaultKind = Literal["http_500", "http_429", "hang", "slow", "malformed_json", "truncated"]
-FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+__all__ = ["FAULT_KINDS", "FakeLLMServer", "Fault", "FaultKind", "main", "parse_faults", "serve"]
 
 Responder = Callable[[JsonDict], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
 """Computes a turn (the script format) from the request's JSON body, instead of a script."""
 
 _HOST = "127.0.0.1"
-_MAX_BODY_BYTES = 64 * 1024 * 1024
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Content Too Large",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Fault:
-    """Misbehave on chosen chat requests: every Nth one (`every`) or by 1-based number (`requests`).
-
-    `retry_after_s` is the Retry-After header of `http_429` (None sends none); `delay_s` is how long
-    `slow` waits before answering. `hang` never answers; `truncated` closes mid-body.
-    """
-
-    kind: FaultKind
-    every: int | None = None
-    requests: Collection[int] | None = None
-    retry_after_s: float | None = 1.0
-    delay_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ConfigurationError(f"unknown fault kind {self.kind!r}; use one of {', '.join(FAULT_KINDS)}")
-        if (self.every is None) == (self.requests is None):
-            raise ConfigurationError(f"fault {self.kind!r} needs exactly one of every= or requests=")
-        if self.every is not None and self.every < 1:
-            raise ConfigurationError(f"fault {self.kind!r}: every= must be at least 1")
-        if self.requests is not None:
-            # Frozen, and a frozenset so membership stays cheap and the caller's set cannot drift.
-            object.__setattr__(self, "requests", frozenset(self.requests))
-
-    def applies_to(self, request_number: int) -> bool:
-        if self.every is not None:
-            return request_number % self.every == 0
-        return self.requests is not None and request_number in self.requests
+# What nginx sends when the upstream dies: proxies answer 502 in HTML, not in the API's JSON.
+_BAD_GATEWAY_HTML = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
 
 
 @dataclass(slots=True)
@@ -80,6 +46,8 @@ class _Exchange:
     writer: asyncio.StreamWriter
     body: bytes
     number: int
+    request: JsonDict = field(default_factory=dict)
+    turn: int = 0
 
 
 _FaultHandler = Callable[[Fault, _Exchange], Awaitable[bool]]
@@ -89,9 +57,13 @@ _FaultHandler = Callable[[Fault, _Exchange], Awaitable[bool]]
 class FakeLLMServer:
     """Serves `POST /v1/chat/completions` and `GET /v1/models` on 127.0.0.1.
 
-    Turn N is the script's turn N, where N counts the assistant messages already in the request:
-    stateless, so many concurrent runs and runs resumed after a crash all get the right turn.
-    `stats` counts chat requests (`requests`) and each injected fault kind.
+    Turn N is the script's turn N, where N counts the assistant messages already in the request
+    (except hallucinated turns, whose tool call ids end in FAULT_CALL_SUFFIX): stateless, so many
+    concurrent runs and runs resumed after a crash all get the right turn.
+
+    Faults are checked in order on each chat request and the first that applies is injected; `seed`
+    drives the `rate` ones. `stats` counts chat requests (`requests`) and each injected fault kind;
+    `GET /_stats` returns them as JSON and `POST /_reset` zeroes them and restarts request numbers.
     """
 
     def __init__(
@@ -102,6 +74,7 @@ class FakeLLMServer:
         faults: Sequence[Fault] = (),
         port: int = 0,
         model_name: str = "fake-model",
+        seed: int = 0,
     ) -> None:
         if (script is None) == (responder is None):
             raise ConfigurationError("FakeLLMServer needs either a script or a responder (not both)")
@@ -113,6 +86,9 @@ class FakeLLMServer:
         self._ends_in_tool_calls = bool(turns) and bool(turns[-1].tool_calls)
         self._responder = responder
         self._faults = tuple(faults)
+        if not all(isinstance(fault, Fault) for fault in self._faults):
+            raise ConfigurationError("FakeLLMServer's faults must be Fault objects (see parse_faults)")
+        self._seed = seed
         self._port = port
         self._model_name = model_name
         # Every key exists from the start so another thread can copy the dict while it changes.
@@ -123,11 +99,16 @@ class FakeLLMServer:
         # The seam for new fault kinds: one handler each, picked by `Fault.kind`.
         self._fault_handlers: dict[str, _FaultHandler] = {
             "http_500": self._fault_http_500,
+            "http_502": self._fault_http_502,
+            "http_503": self._fault_http_503,
             "http_429": self._fault_http_429,
             "hang": self._fault_hang,
             "slow": self._fault_slow,
             "malformed_json": self._fault_malformed_json,
             "truncated": self._fault_truncated,
+            "hallucinated_tool": self._fault_rewrite,
+            "hallucinated_arguments": self._fault_rewrite,
+            "injection": self._fault_rewrite,
         }
 
     @property
@@ -141,6 +122,11 @@ class FakeLLMServer:
     def stats(self) -> dict[str, int]:
         """A copy of the counters: `requests` (chat requests) and one per fault kind."""
         return dict(self._stats)
+
+    def reset_stats(self) -> None:
+        """Zero the counters; request numbers, and so fault schedules, start over."""
+        for key in self._stats:
+            self._stats[key] = 0
 
     async def start(self) -> None:
         if self._server is not None:
@@ -218,43 +204,55 @@ class FakeLLMServer:
         self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         try:
-            method, path, headers, keep_alive = _parse_head(head)
-            body = await _read_body(reader, headers)
-        except _HttpError as exc:
-            await _send(writer, exc.status, _error(exc.message, "invalid_request_error"), False)
+            method, path, headers, keep_alive = parse_head(head)
+            body = await read_body(reader, headers)
+        except HttpError as exc:
+            await send(writer, exc.status, error_body(exc.message, "invalid_request_error"), False)
             return False
         if (method, path) == ("POST", "/v1/chat/completions"):
             return await self._serve_chat(_Exchange(reader, writer, body, 0)) and keep_alive
         if (method, path) == ("GET", "/v1/models"):
             model = {"id": self._model_name, "object": "model", "created": 0, "owned_by": "tether"}
-            await _send(writer, 200, {"object": "list", "data": [model]})
+            await send(writer, 200, {"object": "list", "data": [model]})
+        elif (method, path) == ("GET", "/_stats"):
+            await send(writer, 200, self.stats)
+        elif (method, path) == ("POST", "/_reset"):
+            self.reset_stats()
+            await send(writer, 200, self.stats)
         else:
-            message = f"no route {method} {path}; try POST /v1/chat/completions or GET /v1/models"
-            await _send(writer, 404, _error(message, "invalid_request_error"))
+            message = (
+                f"no route {method} {path}; try POST /v1/chat/completions, GET /v1/models, "
+                "GET /_stats or POST /_reset"
+            )
+            await send(writer, 404, error_body(message, "invalid_request_error"))
         return keep_alive
 
     async def _serve_chat(self, exchange: _Exchange) -> bool:
         self._stats["requests"] += 1
         exchange.number = self._stats["requests"]
-        for fault in self._faults:
-            if fault.applies_to(exchange.number):
-                self._stats[fault.kind] += 1
+        for position, fault in enumerate(self._faults):
+            if fault.applies_to(exchange.number, seed=self._seed, position=position):
+                # Each handler counts its fault once it is sure to inject it.
                 return await self._fault_handlers[fault.kind](fault, exchange)
         status, payload = await self._answer(exchange)
-        await _send(exchange.writer, status, payload)
+        await send(exchange.writer, status, payload)
         return True
+
+    def _count(self, fault: Fault) -> None:
+        self._stats[fault.kind] += 1
 
     async def _answer(self, exchange: _Exchange) -> tuple[int, JsonDict]:
         try:
             request = json.loads(exchange.body)
         except ValueError as exc:
-            return 400, _error(f"request body is not valid JSON: {exc}", "invalid_request_error")
+            return 400, error_body(f"request body is not valid JSON: {exc}", "invalid_request_error")
         messages = request.get("messages") if isinstance(request, dict) else None
         if not isinstance(messages, list):
-            return 400, _error("request body needs a 'messages' list", "invalid_request_error")
+            return 400, error_body("request body needs a 'messages' list", "invalid_request_error")
         if request.get("stream"):
-            return 400, _error("the fake LLM server does not stream; send stream=false", "stream")
-        turn_index = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+            return 400, error_body("the fake LLM server does not stream; send stream=false", "stream")
+        exchange.request = request
+        turn_index = exchange.turn = sum(1 for m in messages if counts_as_turn(m))
         if self._responder is not None:
             try:
                 result = self._responder(request)
@@ -262,7 +260,7 @@ class FakeLLMServer:
                     result = await result
                 turn = _validate_turn(result, f"responder's turn {turn_index}")
             except Exception as exc:
-                return 500, _error(f"responder failed: {type(exc).__name__}: {exc}", "server_error")
+                return 500, error_body(f"responder failed: {type(exc).__name__}: {exc}", "server_error")
             message, finish_reason, completion_tokens = _prepare(turn, turn_index)
         elif turn_index < len(self._prepared):
             message, finish_reason, completion_tokens = self._prepared[turn_index]
@@ -274,7 +272,7 @@ class FakeLLMServer:
                 f"{turn_index} assistant messages, and the last turn calls tools, so repeating it "
                 "would loop; add a final content turn to the script"
             )
-            return 400, _error(text, "script_exhausted")
+            return 400, error_body(text, "script_exhausted")
         prompt_tokens = sum(len(_text(m.get("content"))) for m in messages if isinstance(m, dict))
         return 200, {
             "id": f"chatcmpl-fake-{exchange.number}",
@@ -290,127 +288,75 @@ class FakeLLMServer:
         }
 
     async def _fault_http_500(self, fault: Fault, exchange: _Exchange) -> bool:
+        self._count(fault)
         message = f"injected fault http_500 on request {exchange.number}"
-        await _send(exchange.writer, 500, _error(message, "server_error"))
+        await send(exchange.writer, 500, error_body(message, "server_error"))
+        return True
+
+    async def _fault_http_502(self, fault: Fault, exchange: _Exchange) -> bool:
+        self._count(fault)
+        await send_raw(exchange.writer, 502, _BAD_GATEWAY_HTML, True, content_type="text/html")
+        return True
+
+    async def _fault_http_503(self, fault: Fault, exchange: _Exchange) -> bool:
+        self._count(fault)
+        message = f"injected fault http_503 on request {exchange.number}: the server is overloaded"
+        await send(
+            exchange.writer, 503, error_body(message, "service_unavailable"), headers=_retry_after(fault)
+        )
         return True
 
     async def _fault_http_429(self, fault: Fault, exchange: _Exchange) -> bool:
-        headers = {} if fault.retry_after_s is None else {"Retry-After": f"{fault.retry_after_s:g}"}
+        self._count(fault)
         message = f"injected fault http_429 on request {exchange.number}: slow down"
-        await _send(exchange.writer, 429, _error(message, "rate_limit_exceeded"), headers=headers)
+        await send(
+            exchange.writer, 429, error_body(message, "rate_limit_exceeded"), headers=_retry_after(fault)
+        )
         return True
 
     async def _fault_hang(self, fault: Fault, exchange: _Exchange) -> bool:
+        self._count(fault)
         # Wait for the client to give up and close, so a timed-out client frees this task at once.
         while await exchange.reader.read(65536):
             pass
         return False
 
     async def _fault_slow(self, fault: Fault, exchange: _Exchange) -> bool:
+        self._count(fault)
         await asyncio.sleep(fault.delay_s)
         status, payload = await self._answer(exchange)
-        await _send(exchange.writer, status, payload)
+        await send(exchange.writer, status, payload)
         return True
 
     async def _fault_malformed_json(self, fault: Fault, exchange: _Exchange) -> bool:
-        await _send_raw(exchange.writer, 200, b'{"id": "chatcmpl-fake", "choices": [{"mess', True)
+        self._count(fault)
+        await send_raw(exchange.writer, 200, b'{"id": "chatcmpl-fake", "choices": [{"mess', True)
         return True
 
     async def _fault_truncated(self, fault: Fault, exchange: _Exchange) -> bool:
+        self._count(fault)
         status, payload = await self._answer(exchange)
         body = json.dumps(payload).encode()
         # Announce the whole body, send half of it, then hang up: what a dying proxy looks like.
-        await _send_raw(exchange.writer, status, body[: len(body) // 2], False, len(body))
+        await send_raw(exchange.writer, status, body[: len(body) // 2], False, len(body))
         return False
 
-
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _parse_head(head: bytes) -> tuple[str, str, dict[str, str], bool]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _HttpError(400, f"malformed HTTP request line {lines[0][:100]!r}")
-    method, target, version = parts
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    connection = headers.get("connection", "").lower()
-    # HTTP/1.1 keeps connections open unless told otherwise; HTTP/1.0 closes unless asked not to.
-    keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-    return method, target.split("?", 1)[0], headers, keep_alive
+    async def _fault_rewrite(self, fault: Fault, exchange: _Exchange) -> bool:
+        status, payload = await self._answer(exchange)
+        if status == 200:
+            choice = payload["choices"][0]
+            call_id = f"call_{exchange.turn}_0"
+            message = rewrite(fault, choice["message"], exchange.request, call_id=call_id)
+            if message is not None:
+                self._count(fault)
+                finish_reason = "tool_calls" if message.get("tool_calls") else "stop"
+                payload["choices"] = [{**choice, "message": message, "finish_reason": finish_reason}]
+        await send(exchange.writer, status, payload)
+        return True
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -> bytes:
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _HttpError(400, f"malformed chunk size {size_line[:40]!r}") from None
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass  # trailers carry nothing this server needs
-                return b"".join(chunks)
-            total += size
-            if total > _MAX_BODY_BYTES:
-                raise _HttpError(413, f"request body exceeds {_MAX_BODY_BYTES} bytes")
-            chunks.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-    try:
-        length = int(headers.get("content-length", "0"))
-    except ValueError:
-        raise _HttpError(400, "Content-Length is not a number") from None
-    if length < 0 or length > _MAX_BODY_BYTES:
-        raise _HttpError(413, f"request body must hold 0 to {_MAX_BODY_BYTES} bytes, not {length}")
-    return await reader.readexactly(length)
-
-
-async def _send(
-    writer: asyncio.StreamWriter,
-    status: int,
-    payload: JsonDict,
-    keep_alive: bool = True,
-    *,
-    headers: Mapping[str, str] | None = None,
-) -> None:
-    await _send_raw(writer, status, json.dumps(payload).encode(), keep_alive, headers=headers)
-
-
-async def _send_raw(
-    writer: asyncio.StreamWriter,
-    status: int,
-    body: bytes,
-    keep_alive: bool,
-    content_length: int | None = None,
-    *,
-    headers: Mapping[str, str] | None = None,
-) -> None:
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body) if content_length is None else content_length}",
-        f"Connection: {'keep-alive' if keep_alive else 'close'}",
-        "Server: tether-fakellm",
-    ]
-    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-    await writer.drain()
-
-
-def _error(message: str, code: str) -> JsonDict:
-    """An error body shaped like OpenAI's, so clients surface `message` as they would OpenAI's."""
-    return {"error": {"message": message, "type": code, "param": None, "code": code}}
+def _retry_after(fault: Fault) -> dict[str, str]:
+    return {} if fault.retry_after_s is None else {"Retry-After": f"{fault.retry_after_s:g}"}
 
 
 def _validate_turn(turn: ScriptedTurn | Mapping[str, Any], where: str) -> ScriptedTurn:
@@ -453,14 +399,35 @@ def _text(content: Any) -> str:
     return ""
 
 
-async def _serve_until_signalled(server: FakeLLMServer) -> None:
+def _print_url(url: str) -> None:
+    print(url, flush=True)
+
+
+async def _serve_until_signalled(server: FakeLLMServer, ready: Callable[[str], None]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with server:
-        print(server.url, flush=True)
+        ready(server.url)
         await stop.wait()
+
+
+def serve(
+    script: str | Path,
+    *,
+    faults: str = "",
+    port: int = 0,
+    model_name: str = "fake-model",
+    ready: Callable[[str], None] = _print_url,
+) -> None:
+    """Serve a script file in the foreground until SIGTERM/SIGINT; `ready` gets the URL once bound.
+
+    `faults` is a spec for parse_faults. Raises ConfigurationError for a bad script or spec, and
+    OSError when the port cannot be bound.
+    """
+    server = FakeLLMServer(load_script(script), faults=parse_faults(faults), port=port, model_name=model_name)
+    asyncio.run(_serve_until_signalled(server, ready))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -470,12 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="A fake OpenAI-compatible chat server on 127.0.0.1 that answers from a script.",
     )
     parser.add_argument("--script", required=True, help="JSON file holding a list of turns")
+    parser.add_argument("--faults", default="", help="faults to inject, e.g. 'http_500:rate=0.2,seed=7'")
     parser.add_argument("--port", type=int, default=0, help="port to bind (0 picks a free one)")
     parser.add_argument("--model", default="fake-model", help="model id listed by /v1/models")
     args = parser.parse_args(argv)
     try:
-        server = FakeLLMServer(load_script(args.script), port=args.port, model_name=args.model)
-        asyncio.run(_serve_until_signalled(server))
+        serve(args.script, faults=args.faults, port=args.port, model_name=args.model)
     except ConfigurationError as exc:
         print(f"fakellm: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,125 @@
+"""ToolGuards: what stands around every tool call — its breaker, rate limit, bulkhead and retries."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from tether.errors import ToolError
+from tether.resilience.breaker import BreakerRegistry, BreakerState, BreakerTransition, counts_as_failure
+from tether.resilience.bulkhead import BulkheadRegistry
+from tether.resilience.ratelimit import RateLimit, RateLimiter
+from tether.resilience.retry import RetryAttempt, retry_call
+from tether.tools import Tool, ToolContext
+from tether.types import EventKind, JsonDict
+
+Event = tuple[str, JsonDict]
+
+
+@dataclass
+class ToolGuards:
+    """Shared by every run of a Runtime; the registries hold per-tool state (memory or Redis)."""
+
+    breakers: BreakerRegistry = field(default_factory=BreakerRegistry)
+    rate_limiter: RateLimiter = field(default_factory=RateLimiter)
+    bulkheads: BulkheadRegistry = field(default_factory=BulkheadRegistry)
+    rate_limit_wait_s: float = 5.0  # how long a tool call may wait for its bucket before giving up
+    principal_limit: RateLimit | None = None  # model calls per principal, across all their runs
+
+    async def admit(self, tool: Tool) -> None:
+        """Fail fast (UnavailableError) when the tool's breaker is open or its bucket stays empty."""
+        await self.breakers.get(f"tool:{tool.name}").allow()
+        if tool.rate_limit is not None:
+            await self.rate_limiter.acquire(
+                f"tool:{tool.name}", tool.rate_limit, max_wait_s=self.rate_limit_wait_s
+            )
+
+    async def admit_model_call(self, principal: str | None) -> None:
+        if self.principal_limit is not None and principal is not None:
+            await self.rate_limiter.acquire(
+                f"principal:{principal}", self.principal_limit, max_wait_s=self.rate_limit_wait_s
+            )
+
+    @contextlib.asynccontextmanager
+    async def pool(self, tool: Tool) -> AsyncIterator[None]:
+        """Hold a slot of the tool's bulkhead (if it names one) for the duration of the call."""
+        if tool.bulkhead is None:
+            yield
+            return
+        async with self.bulkheads.get(tool.bulkhead, tool.max_concurrent).slot():
+            yield
+
+    async def call(
+        self,
+        tool: Tool,
+        arguments: pydantic.BaseModel,
+        context: ToolContext,
+        *,
+        timeout_s: float | None,
+        events: list[Event],
+    ) -> Any:
+        """Invoke with the tool's retry policy; every attempt's outcome feeds the tool's breaker."""
+        breaker = self.breakers.get(f"tool:{tool.name}")
+        attempts = 0
+
+        def note(transition: BreakerTransition | None) -> None:
+            if transition is not None:
+                kind = (
+                    EventKind.BREAKER_OPENED
+                    if transition.new == BreakerState.OPEN
+                    else EventKind.BREAKER_CHANGED
+                )
+                events.append(
+                    (
+                        kind,
+                        {"breaker": transition.name, "from": str(transition.old), "to": str(transition.new)},
+                    )
+                )
+
+        async def attempt() -> Any:
+            nonlocal attempts
+            if attempts:
+                await breaker.allow()
+            attempts += 1
+            this_try = ToolContext(
+                run_id=context.run_id,
+                idempotency_key=context.idempotency_key,
+                principal=context.principal,
+                attempt=context.attempt + attempts - 1,
+                tool_name=context.tool_name,
+                call_id=context.call_id,
+            )
+            try:
+                value = await tool.invoke(arguments, this_try, timeout_s=timeout_s)
+            except BaseException as exc:
+                if isinstance(exc, ToolError) and counts_as_failure(exc):
+                    note(await breaker.record_failure())
+                else:  # invalid use or a cancellation says nothing about the tool's health
+                    await breaker.release()
+                raise
+            note(await breaker.record_success())
+            return value
+
+        if tool.retry is None or not tool.idempotent:
+            return await attempt()
+
+        def on_retry(retry: RetryAttempt) -> None:
+            events.append(
+                (
+                    EventKind.TOOL_RETRY,
+                    {
+                        "tool": tool.name,
+                        "attempt": retry.attempt,
+                        "error": str(retry.error)[:300],
+                        "delay_s": round(retry.delay_s, 3),
+                    },
+                )
+            )
+
+        # Only idempotent tools get here: a timed-out attempt may have taken effect, and repeating
+        # it with the same idempotency key is exactly what such a tool promises to survive.
+        return await retry_call(attempt, tool.retry, on_retry=on_retry)

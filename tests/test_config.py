@@ -1,0 +1,121 @@
+"""Settings from tether.toml and TETHER_* variables, and the runtime they wire (gateway, Redis)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tether.config import load_settings, open_runtime
+from tether.errors import ConfigurationError
+from tether.resilience.breaker import BreakerState
+from tether.types import Usage
+
+TOML = """
+[tether]
+db = "sqlite:///{db}"
+model = "support"
+
+[tether.routes]
+support = ["openai:primary-model", "openai:backup-model"]
+
+[tether.models."openai:primary-model"]
+timeout_s = 3
+context_window_tokens = 8000
+
+[tether.prices."openai:primary-model"]
+input_per_mtok = 1.5
+output_per_mtok = 6
+
+[tether.retry]
+max_attempts = 2
+
+[tether.breaker]
+failure_threshold = 2
+cooldown_s = 120
+
+[[tether.rules]]
+tag = "simple"
+route = "support"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tether.toml"
+    path.write_text(text.format(db=tmp_path / "t.db"))
+    return path
+
+
+def test_toml_sections_are_read(tmp_path: Path) -> None:
+    """Routes, per-model limits, prices, retry and breaker settings come from the file."""
+    settings = load_settings(write(tmp_path, TOML), environ={})
+    assert settings.routes == {"support": ["openai:primary-model", "openai:backup-model"]}
+    assert settings.models["openai:primary-model"].timeout_s == 3
+    assert settings.prices["openai:primary-model"].output_per_mtok == 6
+    assert settings.retry.max_attempts == 2
+    assert settings.breaker.failure_threshold == 2
+    assert settings.rules[0].route == "support"
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    """TETHER_DB and TETHER_REDIS win over the file; explicit overrides win over both."""
+    path = write(tmp_path, TOML)
+    settings = load_settings(path, environ={"TETHER_DB": "sqlite:///env.db", "TETHER_REDIS": "redis://x:1/0"})
+    assert settings.db == "sqlite:///env.db"
+    assert settings.redis == "redis://x:1/0"
+    assert load_settings(path, environ={"TETHER_DB": "sqlite:///env.db"}, db="sqlite:///flag.db").db == (
+        "sqlite:///flag.db"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[tether]\nlease_s = -1\n", "lease_s"),
+        ("[tether]\nunknown_key = 1\n", "unknown_key"),
+        ('[tether.models."openai:x"]\ntimeout_s = 0\n', "models.openai:x.timeout_s"),
+        ('[tether.prices."openai:x"]\ninput_per_mtok = 1\n', "output_per_mtok"),
+        ("[tether.retry]\nmax_attempts = 0\n", "retry.max_attempts"),
+        ("[tether\n", "not valid TOML"),
+    ],
+)
+def test_bad_settings_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    """An invalid file fails at start with the exact key and the reason."""
+    path = tmp_path / "tether.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(path, environ={})
+    assert needle in str(caught.value)
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    """An explicit --config that does not exist is an error naming the path."""
+    with pytest.raises(ConfigurationError, match=r"nope\.toml"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+async def test_open_runtime_builds_the_configured_gateway(tmp_path: Path) -> None:
+    """The runtime's gateway serves the configured route with its prices and breaker policy."""
+    settings = load_settings(write(tmp_path, TOML), environ={})
+    async with open_runtime(settings) as runtime:
+        assert runtime.gateway.routes() == ["support"]
+        assert runtime.gateway.prices.cost_usd("openai:primary-model", Usage(1_000_000, 0)) == pytest.approx(
+            1.5
+        )
+        assert runtime.gateway.breakers.get("model:x").policy.failure_threshold == 2
+
+
+async def test_redis_shares_breaker_state_between_runtimes(tmp_path: Path, redis_url: str) -> None:
+    """With TETHER_REDIS set, a breaker opened by one runtime is open for another (separate clients)."""
+    settings = load_settings(write(tmp_path, TOML), environ={"TETHER_REDIS": redis_url})
+    name = f"model:shared-{tmp_path.name}"
+    async with open_runtime(settings) as first, open_runtime(settings) as second:
+        breaker_one = first.gateway.breakers.get(name)
+        breaker_two = second.gateway.breakers.get(name)
+        await breaker_one.reset()
+        for _ in range(2):
+            await breaker_one.allow()
+            await breaker_one.record_failure()
+        assert await breaker_two.state() == BreakerState.OPEN
+        await breaker_two.reset()
+        assert await breaker_one.state() == BreakerState.CLOSED
