@@ -102,6 +102,11 @@ class Tool:
             parameters=self.arguments_model.model_json_schema(),
         )
 
+    @property
+    def uses_context(self) -> bool:
+        """Whether the tool reads its ToolContext (its result may then depend on who calls)."""
+        return self._context_parameter is not None
+
     def __repr__(self) -> str:
         return f"Tool({self.name!r}, side_effect={self.side_effect!r}, idempotent={self.idempotent})"
 

@@ -23,6 +23,7 @@ from tether.errors import (
     TetherError,
     classify,
 )
+from tether.gateway.cache import CacheScope, LayeredCache, cacheable
 from tether.gateway.pricing import PriceTable
 from tether.models import model_from_spec
 from tether.models.base import Model, estimate_tokens
@@ -84,6 +85,7 @@ class Spend:
     by_principal: dict[tuple[str | None, str | None], float] = field(default_factory=dict)
     by_model: dict[str, Usage] = field(default_factory=dict)
     unpriced_calls: int = 0
+    cache_hits: int = 0
 
     def add(self, spec: str, request: ModelRequest, usage: Usage) -> None:
         key = (request.tenant, request.principal)
@@ -109,6 +111,7 @@ class Gateway:
         breakers: BreakerRegistry | None = None,
         rate_limiter: RateLimiter | None = None,
         prices: PriceTable | None = None,
+        cache: LayeredCache | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -128,6 +131,7 @@ class Gateway:
         self.breakers = breakers or BreakerRegistry()
         self.rate_limiter = rate_limiter or RateLimiter()
         self.prices = prices or PriceTable()
+        self.cache = cache
         self.spend = Spend()
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -158,6 +162,13 @@ class Gateway:
         """Answer one turn through `route_name`'s chain; raises AllModelsFailedError with its events."""
         events: list[Event] = []
         route = self._select_route(route_name, request, events)
+        scope = None
+        if self.cache is not None and cacheable(request):
+            scope = CacheScope.of(request, route.name)
+            hit = await self.cache.lookup(request, scope)
+            if hit is not None:
+                self.spend.cache_hits += 1
+                return replace(hit.response, events=(*events, *hit.response.events))
         chain = list(route.models)
         errors: list[tuple[str, BaseException]] = []
         while chain:
@@ -186,7 +197,10 @@ class Gateway:
                         )
                     )
                 continue
-            return self._account(spec, request, response, events)
+            response = self._account(spec, request, response, events)
+            if scope is not None and self.cache is not None:
+                await self.cache.store(request, scope, response)
+            return response
         if len(errors) == 1:  # a one-model route: the model's own error says the most
             _attach(errors[0][1], events)
             raise errors[0][1]

@@ -10,7 +10,15 @@ from typing import Any
 import pydantic
 
 from tether.errors import ToolError
-from tether.resilience.breaker import BreakerRegistry, BreakerState, BreakerTransition, counts_as_failure
+from tether.gateway.cache import ToolResultCache
+from tether.resilience.breaker import (
+    BreakerPolicy,
+    BreakerRegistry,
+    BreakerState,
+    BreakerTransition,
+    CircuitBreaker,
+    counts_as_failure,
+)
 from tether.resilience.bulkhead import BulkheadRegistry
 from tether.resilience.ratelimit import RateLimit, RateLimiter
 from tether.resilience.retry import RetryAttempt, retry_call
@@ -29,10 +37,26 @@ class ToolGuards:
     bulkheads: BulkheadRegistry = field(default_factory=BulkheadRegistry)
     rate_limit_wait_s: float = 5.0  # how long a tool call may wait for its bucket before giving up
     principal_limit: RateLimit | None = None  # model calls per principal, across all their runs
+    tool_breaker_policy: BreakerPolicy | None = None  # None: the registry's default policy
+    tool_results: ToolResultCache = field(default_factory=ToolResultCache)
+
+    async def cached_result(self, tool: Tool, arguments: JsonDict, principal: str | None) -> str | None:
+        """A fresh result of a cacheable tool for the same arguments, if one was stored."""
+        if tool.cache_ttl_s is None:
+            return None
+        return await self.tool_results.get(tool.name, arguments, _cache_scope(tool, principal))
+
+    async def store_result(self, tool: Tool, arguments: JsonDict, principal: str | None, text: str) -> None:
+        if tool.cache_ttl_s is not None:
+            scope = _cache_scope(tool, principal)
+            await self.tool_results.set(tool.name, arguments, scope, text, ttl_s=tool.cache_ttl_s)
+
+    def breaker(self, tool: Tool) -> CircuitBreaker:
+        return self.breakers.get(f"tool:{tool.name}", self.tool_breaker_policy)
 
     async def admit(self, tool: Tool) -> None:
         """Fail fast (UnavailableError) when the tool's breaker is open or its bucket stays empty."""
-        await self.breakers.get(f"tool:{tool.name}").allow()
+        await self.breaker(tool).allow()
         if tool.rate_limit is not None:
             await self.rate_limiter.acquire(
                 f"tool:{tool.name}", tool.rate_limit, max_wait_s=self.rate_limit_wait_s
@@ -63,7 +87,7 @@ class ToolGuards:
         events: list[Event],
     ) -> Any:
         """Invoke with the tool's retry policy; every attempt's outcome feeds the tool's breaker."""
-        breaker = self.breakers.get(f"tool:{tool.name}")
+        breaker = self.breaker(tool)
         attempts = 0
 
         def note(transition: BreakerTransition | None) -> None:
@@ -123,3 +147,8 @@ class ToolGuards:
         # Only idempotent tools get here: a timed-out attempt may have taken effect, and repeating
         # it with the same idempotency key is exactly what such a tool promises to survive.
         return await retry_call(attempt, tool.retry, on_retry=on_retry)
+
+
+def _cache_scope(tool: Tool, principal: str | None) -> str | None:
+    # A tool that reads its context may answer differently per caller: never share its results.
+    return f"principal:{principal}" if tool.uses_context else None

@@ -258,6 +258,12 @@ class RunLoop:
         notes: list[tuple[str, JsonDict]] = []
         result: JsonDict = {**base, "attempt": attempt}
         value: Any = None
+        cached = await self.guards.cached_result(tool, call.arguments or {}, self.run.principal)
+        if cached is not None:
+            result.update(ok=True, outcome="succeeded", content=cached, cached=True, duration_ms=0.0)
+            hit = EventDraft(EventKind.CACHE_HIT, {"layer": "tool", "tool": tool.name, "turn": turn})
+            await self._append(hit, EventDraft(EventKind.TOOL_RESULT, result))
+            return
         started = time.perf_counter()
         try:
             await self.guards.admit(tool)
@@ -274,6 +280,7 @@ class RunLoop:
                     tool, arguments, context, timeout_s=self._remaining_s(), events=notes
                 )
             result.update(ok=True, outcome="succeeded", content=tool_result_text(value))
+            await self.guards.store_result(tool, call.arguments or {}, self.run.principal, result["content"])
         except UnavailableError as exc:
             # Refused before (or between) attempts: nothing ran on this refusal; the model adapts.
             message = (

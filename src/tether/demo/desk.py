@@ -1,24 +1,23 @@
-"""The `tether demo` support desk: orders in SQLite, lookup/policy/refund tools, a scripted model."""
+"""The demo support desk: orders in SQLite, lookup/policy/refund tools and a scripted support model."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tether.agent import Agent
-from tether.models.base import estimate_tokens
+from tether.models.base import Model, estimate_tokens
 from tether.models.scripted import FunctionModel
+from tether.resilience.retry import RetryPolicy
 from tether.tools import Tool, ToolContext, tool
-from tether.types import ModelRequest, ModelResponse, RunStatus, ToolCall, Usage
+from tether.types import ModelRequest, ModelResponse, ToolCall, Usage
 
 ORDER_ID = re.compile(r"\bA-\d{4}\b")
+FAQ_ANSWER = "Refunds are possible within 30 days of delivery, to the original payment method."
 POLICY_FAILURE_RATE = 0.25  # the policy service is flaky: about one call in four fails
 
 
@@ -56,13 +55,13 @@ def seed_orders(path: Path, count: int = 60) -> None:
             )
 
 
-def build_support_agent(orders_db: Path) -> Agent:
-    """The support agent, bound to one order database."""
+def build_support_agent(orders_db: Path, model: str | Model | None = None) -> Agent:
+    """The support agent, bound to one order database; by default its model is the local function."""
 
     def connect() -> sqlite3.Connection:
         return sqlite3.connect(orders_db, timeout=10)
 
-    @tool(side_effect="read", timeout_s=2.0)
+    @tool(side_effect="read", timeout_s=2.0, cache_ttl_s=60.0)
     def lookup_order(order_id: str) -> dict[str, object]:
         """Look up an order by its id (like A-1001)."""
         with connect() as db:
@@ -76,11 +75,11 @@ def build_support_agent(orders_db: Path) -> Agent:
         keys = ("order_id", "customer", "item", "total_usd", "days_since_delivery")
         return {"found": True, **dict(zip(keys, row, strict=True))}
 
-    @tool(side_effect="read", timeout_s=2.0)
+    @tool(side_effect="read", timeout_s=2.0, retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01))
     def check_refund_policy(order_id: str, ctx: ToolContext) -> dict[str, object]:
         """Say whether an order can be refunded (30-day window) and for how much."""
         # Deterministic flakiness: the same call id fails the same way on every replay of the demo.
-        digest = hashlib.sha256(f"{ctx.run_id}:{ctx.call_id}".encode()).digest()
+        digest = hashlib.sha256(f"{ctx.run_id}:{ctx.call_id}:{ctx.attempt}".encode()).digest()
         if digest[0] < 256 * POLICY_FAILURE_RATE:
             raise ConnectionError("policy service unavailable (connection reset)")
         with connect() as db:
@@ -110,7 +109,7 @@ def build_support_agent(orders_db: Path) -> Agent:
         version="1",
         instructions="You are a support agent. Look up the order, check the refund policy, refund "
         "when eligible, and answer the customer briefly.",
-        model=FunctionModel(support_brain, name="scripted:support-desk"),
+        model=model or FunctionModel(support_brain, name="scripted:support-desk"),
         tools=tools,
         max_steps=8,
     )
@@ -137,6 +136,8 @@ def support_brain(request: ModelRequest) -> ModelResponse:
         return _response(request, "", (ToolCall(f"call_{turn}_0", name, dict(arguments), raw),))
 
     if match is None:
+        if "polic" in user.lower() or "return" in user.lower():
+            return _response(request, FAQ_ANSWER)
         return _response(request, "Could you give me your order number? It looks like A-1234.")
     order_id = match.group(0)
     order = results.get("lookup_order")
@@ -173,11 +174,15 @@ def _response(request: ModelRequest, content: str, calls: tuple[ToolCall, ...] =
 
 
 def demo_inputs(count: int) -> list[str]:
-    """A deterministic mix of refund requests, status questions and a few bad order numbers."""
+    """A deterministic mix of refund requests, status questions, bad order numbers and FAQs."""
     inputs = []
     for n in range(count):
         order = f"A-{1000 + (n * 13) % 60}" if n % 9 != 8 else f"A-{9000 + n}"
-        if n % 3 == 2:
+        if n % 3 == 2:  # a customer who just asked for a refund asks about the same order again
+            order = f"A-{1000 + ((n - 1) * 13) % 60}"
+        if n % 5 == 4:
+            inputs.append("What is your refund policy?")  # asked again and again: the cache answers
+        elif n % 3 == 2:
             inputs.append(f"Where is my order {order}?")
         else:
             inputs.append(f"Hi, I'd like a refund for order {order}, it arrived broken.")
@@ -195,88 +200,3 @@ def count_refunds(orders_db: Path, run_ids: list[str]) -> tuple[int, int]:
         if run_id in wanted:
             per_run[run_id] = per_run.get(run_id, 0) + 1
     return sum(per_run.values()), sum(1 for n in per_run.values() if n > 1)
-
-
-async def run_demo(db_url: str, runs: int, concurrency: int, *, quiet: bool = False) -> dict[str, Any]:
-    """Run `runs` support requests on the store at `db_url`; print progress and a summary table."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    from tether.runtime import Runtime
-    from tether.store import store_from_url
-    from tether.store.sqlite import SqliteRunStore
-
-    store = store_from_url(db_url)
-    base = Path(store.path).parent if isinstance(store, SqliteRunStore) else Path.cwd()
-    orders_db = base / "tether-demo-orders.db"
-    seed_orders(orders_db)
-    agent = build_support_agent(orders_db)
-    console = Console(stderr=True, highlight=False, quiet=quiet)
-    started = time.perf_counter()
-    async with Runtime(store, agents=[agent]) as runtime:
-        run_ids = [
-            (await runtime.start(agent, text, principal=f"cust-{n % 17}")).id
-            for n, text in enumerate(demo_inputs(runs))
-        ]
-        limit = asyncio.Semaphore(concurrency)
-        columns = (TextColumn("support desk"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("runs", total=len(run_ids))
-
-            async def drive(run_id: str) -> None:
-                async with limit:
-                    await runtime.execute(run_id)
-                progress.advance(task)
-
-            await asyncio.gather(*(drive(run_id) for run_id in run_ids))
-        final = [await runtime.store.get_run(run_id) for run_id in run_ids]
-        recovered = 0
-        steps = 0
-        for run in final:
-            for event in await runtime.events(run.id):
-                if event.kind == "model.response":
-                    steps += 1
-                elif event.kind == "tool.result" and event.data.get("error") == "failed":
-                    recovered += 1
-        await store.close()
-    elapsed_s = time.perf_counter() - started
-    by_status = {status.value: 0 for status in RunStatus}
-    for run in final:
-        by_status[run.status.value] += 1
-    refunds, duplicates = count_refunds(orders_db, run_ids)
-    summary: dict[str, Any] = {
-        "runs": len(final),
-        "succeeded": by_status["succeeded"],
-        "failed": by_status["failed"],
-        "waiting_human": by_status["waiting_human"],
-        "lost": sum(1 for r in final if not r.status.is_terminal and r.status != RunStatus.WAITING_HUMAN),
-        "refunds_issued": refunds,
-        "duplicate_refunds": duplicates,
-        "tool_failures_recovered": recovered,
-        "model_steps": steps,
-        "tokens": sum(r.usage.input_tokens + r.usage.output_tokens for r in final),
-        "elapsed_s": round(elapsed_s, 3),
-        "db": db_url,
-    }
-    table = Table(title="tether demo — support desk", show_header=False)
-    labels = {
-        "runs": "runs",
-        "succeeded": "succeeded",
-        "failed": "failed",
-        "waiting_human": "waiting for a person",
-        "lost": "lost (must be 0)",
-        "refunds_issued": "refunds issued",
-        "duplicate_refunds": "duplicate refunds (must be 0)",
-        "tool_failures_recovered": "flaky tool failures the agent recovered from",
-        "model_steps": "model steps",
-        "tokens": "tokens (estimated)",
-        "elapsed_s": "elapsed seconds",
-    }
-    for key, label in labels.items():
-        table.add_row(label, str(summary[key]))
-    console.print(table)
-    console.print(
-        f"Inspect a run: tether runs list --db {db_url}  ·  tether runs events RUN_ID --db {db_url}"
-    )
-    return summary
