@@ -119,3 +119,23 @@ async def test_redis_shares_breaker_state_between_runtimes(tmp_path: Path, redis
         assert await breaker_two.state() == BreakerState.OPEN
         await breaker_two.reset()
         assert await breaker_one.state() == BreakerState.CLOSED
+
+
+@pytest.mark.parametrize(("mode", "exact", "semantic"), [("off", False, False), ("exact", True, False)])
+async def test_cache_mode_builds_the_layers(tmp_path: Path, mode: str, exact: bool, semantic: bool) -> None:
+    """[tether.cache] mode picks the gateway's cache layers (exact by default; off disables it)."""
+    path = tmp_path / "tether.toml"
+    path.write_text(f'[tether]\ndb = "sqlite:///{tmp_path / "t.db"}"\n[tether.cache]\nmode = "{mode}"\n')
+    async with open_runtime(load_settings(path, environ={})) as runtime:
+        cache = runtime.gateway.cache
+        assert (cache is not None and cache.exact is not None) == exact
+        assert (cache is not None and cache.semantic is not None) == semantic
+
+
+def test_unknown_cache_mode_is_named(tmp_path: Path) -> None:
+    """A cache mode that does not exist fails with the key and the allowed values."""
+    path = tmp_path / "tether.toml"
+    path.write_text('[tether.cache]\nmode = "fuzzy"\n')
+    with pytest.raises(ConfigurationError, match=r"cache\.mode") as caught:
+        load_settings(path, environ={})
+    assert "semantic" in str(caught.value)
