@@ -152,7 +152,7 @@ class Tool:
             return await asyncio.wait_for(asyncio.to_thread(call), timeout_s)
         except TimeoutError:
             raise ToolTimeoutError(
-                f"Tool {self.name!r} did not finish within {timeout_s:g} s; its outcome is unknown.",
+                f"Tool {self.name!r} did not finish within {timeout_s:.3g} s; its outcome is unknown.",
                 tool_name=self.name,
             ) from None
         except (ToolArgumentsError, ToolTimeoutError):

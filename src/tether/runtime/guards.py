@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
 
-from tether.errors import ToolError
+from tether.errors import ToolError, UnavailableError
 from tether.gateway.cache import ToolResultCache
 from tether.resilience.breaker import (
     BreakerPolicy,
@@ -56,11 +57,16 @@ class ToolGuards:
 
     async def admit(self, tool: Tool) -> None:
         """Fail fast (UnavailableError) when the tool's breaker is open or its bucket stays empty."""
-        await self.breaker(tool).allow()
+        breaker = self.breaker(tool)
+        await breaker.allow()
         if tool.rate_limit is not None:
-            await self.rate_limiter.acquire(
-                f"tool:{tool.name}", tool.rate_limit, max_wait_s=self.rate_limit_wait_s
-            )
+            try:
+                await self.rate_limiter.acquire(
+                    f"tool:{tool.name}", tool.rate_limit, max_wait_s=self.rate_limit_wait_s
+                )
+            except BaseException:
+                await breaker.release()  # nothing ran: a half-open probe slot must not leak
+                raise
 
     async def admit_model_call(self, principal: str | None) -> None:
         if self.principal_limit is not None and principal is not None:
@@ -74,8 +80,16 @@ class ToolGuards:
         if tool.bulkhead is None:
             yield
             return
-        async with self.bulkheads.get(tool.bulkhead, tool.max_concurrent).slot():
+        slot = self.bulkheads.get(tool.bulkhead, tool.max_concurrent).slot()
+        try:
+            await slot.__aenter__()
+        except BaseException:
+            await self.breaker(tool).release()  # admitted by the breaker but never run
+            raise
+        try:
             yield
+        finally:
+            await slot.__aexit__(None, None, None)
 
     async def call(
         self,
@@ -89,6 +103,9 @@ class ToolGuards:
         """Invoke with the tool's retry policy; every attempt's outcome feeds the tool's breaker."""
         breaker = self.breaker(tool)
         attempts = 0
+        # The run's remaining wall clock bounds all attempts together, not each one.
+        deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
+        last_error: BaseException | None = None
 
         def note(transition: BreakerTransition | None) -> None:
             if transition is not None:
@@ -105,9 +122,14 @@ class ToolGuards:
                 )
 
         async def attempt() -> Any:
-            nonlocal attempts
+            nonlocal attempts, last_error
             if attempts:
-                await breaker.allow()
+                try:
+                    await breaker.allow()
+                except UnavailableError:
+                    # The breaker opened on an earlier attempt: that attempt's error is the outcome.
+                    assert last_error is not None
+                    raise last_error from None
             attempts += 1
             this_try = ToolContext(
                 run_id=context.run_id,
@@ -117,9 +139,11 @@ class ToolGuards:
                 tool_name=context.tool_name,
                 call_id=context.call_id,
             )
+            left_s = None if deadline_s is None else max(0.001, deadline_s - time.monotonic())
             try:
-                value = await tool.invoke(arguments, this_try, timeout_s=timeout_s)
+                value = await tool.invoke(arguments, this_try, timeout_s=left_s)
             except BaseException as exc:
+                last_error = exc
                 if isinstance(exc, ToolError) and counts_as_failure(exc):
                     note(await breaker.record_failure())
                 else:  # invalid use or a cancellation says nothing about the tool's health
@@ -146,7 +170,7 @@ class ToolGuards:
 
         # Only idempotent tools get here: a timed-out attempt may have taken effect, and repeating
         # it with the same idempotency key is exactly what such a tool promises to survive.
-        return await retry_call(attempt, tool.retry, on_retry=on_retry)
+        return await retry_call(attempt, tool.retry, on_retry=on_retry, deadline_s=deadline_s)
 
 
 def _cache_scope(tool: Tool, principal: str | None) -> str | None:

@@ -103,6 +103,10 @@ class RunLoop:
             if state.completed_output is not None:
                 return RunStatus.SUCCEEDED
             pending = state.pending_calls
+            if pending and self._over_budget():
+                # The reply that asked for these calls used up the budget: starting them now would
+                # only cut them short into unknown outcomes. Hand over with the calls not started.
+                return await self._check_last_turn() or await self._wall_clock_exhausted()
             if pending:
                 await self._run_tool_calls(pending)
             # Checked on every pass, not only right after the calls ran: a crash may fall between
@@ -117,13 +121,8 @@ class RunLoop:
                     EventDraft(EventKind.RUN_COMPLETED, {"output": answer, "usage": state.usage.to_dict()}),
                     output=answer,
                 )
-            limit_s = self.agent.max_wall_clock_s
-            if limit_s is not None and state.active_ms >= limit_s * 1000:
-                return await self._escalate(
-                    "wall_clock",
-                    f"The run worked for {state.active_ms / 1000:.1f} s, over its {limit_s:g} s limit; "
-                    "a person should decide how to continue.",
-                )
+            if self._over_budget():
+                return await self._wall_clock_exhausted()
             if state.turns >= self.agent.max_steps:
                 return await self._escalate(
                     "step_limit",
@@ -300,6 +299,17 @@ class RunLoop:
             operations = (OperationWrite(key, self.run.id, tool.name, outcome, result=stored),)
         drafts = [EventDraft(kind, {**data, "turn": turn}) for kind, data in notes]
         await self._append(*drafts, EventDraft(EventKind.TOOL_RESULT, result), operations=operations)
+
+    def _over_budget(self) -> bool:
+        limit_s = self.agent.max_wall_clock_s
+        return limit_s is not None and self.state.active_ms >= limit_s * 1000
+
+    async def _wall_clock_exhausted(self) -> RunStatus:
+        return await self._escalate(
+            "wall_clock",
+            f"The run worked for {self.state.active_ms / 1000:.1f} s, over its "
+            f"{self.agent.max_wall_clock_s:g} s limit; a person should decide how to continue.",
+        )
 
     def _remaining_s(self) -> float | None:
         """Seconds left of the run's wall-clock budget (active time), or None when it has none."""
