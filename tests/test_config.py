@@ -139,3 +139,19 @@ def test_unknown_cache_mode_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"cache\.mode") as caught:
         load_settings(path, environ={})
     assert "semantic" in str(caught.value)
+
+
+async def test_unreachable_redis_degrades_to_process_memory(tmp_path: Path) -> None:
+    """With Redis down, runs still complete and breakers still work, in this process's memory."""
+    from tether import Agent, ScriptedModel
+
+    settings = load_settings(write(tmp_path, TOML), environ={"TETHER_REDIS": "redis://127.0.0.1:1/0"})
+    agent = Agent("faq", model=ScriptedModel([{"content": "hello"}]))
+    async with open_runtime(settings, agents=[agent]) as runtime:
+        run = await runtime.run(agent, "hi")
+        assert run.output == "hello"
+        breaker = runtime.gateway.breakers.get("model:degraded")
+        for _ in range(2):
+            await breaker.allow()
+            await breaker.record_failure()
+        assert await breaker.state() == BreakerState.OPEN

@@ -19,6 +19,7 @@ from tether.gateway.cache import ExactCache, LayeredCache, SemanticCache
 from tether.gateway.embeddings import default_embedder
 from tether.resilience.breaker import BreakerPolicy, BreakerRegistry, BreakerStore, RedisBreakerStore
 from tether.resilience.bulkhead import BulkheadRegistry, BulkheadStore, RedisBulkheadStore
+from tether.resilience.failover import FailoverBreakerStore, FailoverBulkheadStore, FailoverRateLimitStore
 from tether.resilience.ratelimit import RateLimiter, RateLimitStore, RedisRateLimitStore
 from tether.resilience.retry import RetryPolicy
 from tether.runtime import Runtime
@@ -167,10 +168,11 @@ def build_wiring(settings: Settings, *, extra_routes: Mapping[str, Sequence[str]
     limit_store: RateLimitStore | None = None
     bulkhead_store: BulkheadStore | None = None
     if settings.redis is not None:
-        client = Redis.from_url(settings.redis)  # connects on first use
-        breaker_store = RedisBreakerStore(client)
-        limit_store = RedisRateLimitStore(client)
-        bulkhead_store = RedisBulkheadStore(client)
+        # Short timeouts: a Redis that hangs must not stall every call; failover keeps calls going.
+        client = Redis.from_url(settings.redis, socket_timeout=0.5, socket_connect_timeout=0.5)
+        breaker_store = FailoverBreakerStore(RedisBreakerStore(client))
+        limit_store = FailoverRateLimitStore(RedisRateLimitStore(client))
+        bulkhead_store = FailoverBulkheadStore(RedisBulkheadStore(client))
     breakers = BreakerRegistry(BreakerPolicy(**settings.breaker.model_dump()), store=breaker_store)
     limiter = RateLimiter(limit_store)
     gateway = Gateway(

@@ -18,6 +18,7 @@ from tether.errors import (
     RateLimitedError,
 )
 from tether.gateway import Gateway, ModelLimits, Price, PriceTable, Route, RoutingRule
+from tether.gateway.cache import ExactCache, LayeredCache
 from tether.models.openai import OpenAIModel
 from tether.resilience.breaker import BreakerPolicy, BreakerRegistry
 from tether.resilience.retry import RetryPolicy
@@ -320,3 +321,30 @@ def test_route_needs_models() -> None:
     """An empty route is refused with its name."""
     with pytest.raises(ConfigurationError, match="'empty'"):
         Route("empty", ())
+
+
+async def test_stale_cached_answer_serves_when_every_model_fails() -> None:
+    """After the cache's TTL, an old answer still serves a request that no model can answer."""
+    now = [1000.0]
+    healthy = [True]
+
+    def respond(request: ModelRequest) -> ModelResponse:
+        if not healthy[0]:
+            raise ModelRetryableError("down")
+        return ModelResponse(content="Refunds within 30 days.", usage=Usage(10, 5))
+
+    gateway = Gateway(
+        {"faq": ["fn"]},
+        models={"fn": FunctionModel(respond, name="fn")},
+        cache=LayeredCache(ExactCache(ttl_s=60, clock=lambda: now[0]), None),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    assert (await gateway.complete("faq", HELLO)).content == "Refunds within 30 days."
+    now[0] += 3600  # the answer cache has expired
+    healthy[0] = False
+    degraded = await gateway.complete("faq", HELLO)
+    assert degraded.content == "Refunds within 30 days."
+    assert [data["layer"] for kind, data in degraded.events if kind == "cache.hit"] == ["stale"]
+    other = ModelRequest(messages=(Message(role="user", content="something never asked"),))
+    with pytest.raises(ModelRetryableError):
+        await gateway.complete("faq", other)

@@ -23,7 +23,7 @@ from tether.errors import (
     TetherError,
     classify,
 )
-from tether.gateway.cache import CacheScope, LayeredCache, cacheable
+from tether.gateway.cache import CacheScope, ExactCache, LayeredCache, cacheable
 from tether.gateway.pricing import PriceTable
 from tether.models import model_from_spec
 from tether.models.base import Model, estimate_tokens
@@ -112,6 +112,7 @@ class Gateway:
         rate_limiter: RateLimiter | None = None,
         prices: PriceTable | None = None,
         cache: LayeredCache | None = None,
+        stale_ttl_s: float = 7 * 86400.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -132,6 +133,8 @@ class Gateway:
         self.rate_limiter = rate_limiter or RateLimiter()
         self.prices = prices or PriceTable()
         self.cache = cache
+        # Answers kept for a week, served only when every model of a route fails.
+        self._last_good = ExactCache(ttl_s=stale_ttl_s)
         self.spend = Spend()
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -200,7 +203,15 @@ class Gateway:
             response = self._account(spec, request, response, events)
             if scope is not None and self.cache is not None:
                 await self.cache.store(request, scope, response)
+                await self._last_good.store(request, scope, response)
             return response
+        if scope is not None:
+            # Graceful degradation: an answer older than the cache's TTL beats no answer at all.
+            stale = await self._last_good.lookup(request, scope)
+            if stale is not None:
+                self.spend.cache_hits += 1
+                data = {**stale.event_data(), "layer": "stale", "reason": "every model failed"}
+                return replace(stale.response, events=(*events, (EventKind.CACHE_HIT, data)))
         if len(errors) == 1:  # a one-model route: the model's own error says the most
             _attach(errors[0][1], events)
             raise errors[0][1]
