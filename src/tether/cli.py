@@ -21,9 +21,10 @@ from rich.console import Console
 from rich.table import Table
 
 from tether.config import Settings, load_settings, open_runtime
-from tether.errors import ConfigurationError, TetherError
+from tether.errors import ConfigurationError, EscalationNotFoundError, InvalidAnswerError, TetherError
 from tether.models import model_from_spec
 from tether.runtime import Runtime, Worker, load_target
+from tether.store.base import Escalation
 from tether.types import Run, RunStatus
 
 app = typer.Typer(
@@ -35,6 +36,8 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+inbox_app = typer.Typer(help="Questions for people: list them, answer them.", no_args_is_help=True)
+app.add_typer(inbox_app, name="inbox")
 
 T = TypeVar("T")
 
@@ -70,7 +73,7 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 def _run_async(factory: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(factory())  # type: ignore[arg-type]
-    except ConfigurationError as exc:
+    except (ConfigurationError, InvalidAnswerError, EscalationNotFoundError) as exc:
         raise _err(str(exc)) from None
     except TetherError as exc:
         raise _err(f"{type(exc).__name__}: {exc}", 1) from None
@@ -276,6 +279,60 @@ def runs_cancel(
         typer.echo(json.dumps(result.to_dict()))
     else:
         _console().print(f"run {result.id} is {result.status}")
+
+
+@inbox_app.command("list")
+def inbox_list(
+    show_all: Annotated[bool, typer.Option("--all", help="Answered questions too.")] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """List open questions (oldest first): why the run stopped and what may be answered."""
+    settings = _settings(config, db=db)
+
+    async def go() -> list[Escalation]:
+        async with Runtime(settings.db) as runtime:
+            return await runtime.inbox(status=None if show_all else "open")
+
+    items = _run_async(go)
+    if as_json:
+        typer.echo(json.dumps([item.to_dict() for item in items]))
+        return
+    table = Table("id", "run", "reason", "options", "status", "question")
+    for item in items:
+        table.add_row(item.id, item.run_id, item.reason, "|".join(item.options), item.status, item.message)
+    _console().print(table)
+
+
+@inbox_app.command("answer")
+def inbox_answer(
+    escalation_id: Annotated[str, typer.Argument(help="The question's id (tether inbox list).")],
+    choice: Annotated[str, typer.Option("--choice", help="One of the question's options.")],
+    text: Annotated[str | None, typer.Option("--text", help="A note, or the reply for a takeover.")] = None,
+    by: Annotated[str, typer.Option("--by", help="Who answers (kept with the answer).")] = "cli",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Answer a question; the run is queued and a worker resumes it. A second answer is not applied."""
+    settings = _settings(config, db=db)
+
+    async def go() -> tuple[Escalation, bool]:
+        async with Runtime(settings.db) as runtime:
+            return await runtime.answer(escalation_id, choice, text=text, by=by)
+
+    escalation, applied = _run_async(go)
+    if as_json:
+        typer.echo(json.dumps({**escalation.to_dict(), "applied": applied}))
+    elif applied:
+        _console().print(f"answered {escalation.id}; run {escalation.run_id} is queued for a worker")
+    else:
+        _console().print(
+            f"{escalation.id} was already answered by {escalation.answered_by}: "
+            f"{json.dumps(escalation.answer)}; this answer was not applied"
+        )
+    raise typer.Exit(0 if applied else 1)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
     TetherError
     ├── ConfigurationError          invalid settings, model spec, agent target (exit code 2)
+    ├── InvalidAnswerError          a person's answer does not fit the question
     ├── ModelError                  a model call failed; `error_class` says what to do next
     │   ├── ModelRetryableError         5xx, connection reset, malformed body  -> retry
     │   ├── RateLimitedError            429; carries `retry_after_s`          -> wait, retry
@@ -23,6 +24,7 @@
     │   └── ToolExecutionError          the tool raised
     └── StoreError                  the durable store refused an operation
         ├── RunNotFoundError
+        ├── EscalationNotFoundError
         ├── LeaseLostError              another worker owns the run now (fencing)
         └── IdempotencyConflictError    same idempotency key, different request
 
@@ -62,6 +64,12 @@ class TetherError(Exception):
 
 class ConfigurationError(TetherError):
     """Settings, a model spec or an agent target are invalid; the message names the bad value."""
+
+
+class InvalidAnswerError(TetherError):
+    """An answer to an escalation names an option it does not offer, or lacks required text."""
+
+    error_class = ErrorClass.BAD_REQUEST
 
 
 class ModelError(TetherError):
@@ -178,6 +186,10 @@ class StoreError(TetherError):
 
 
 class RunNotFoundError(StoreError):
+    pass
+
+
+class EscalationNotFoundError(StoreError):
     pass
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,7 +28,7 @@ from tether.errors import (
 from tether.models.base import Model
 from tether.runtime.guards import ToolGuards
 from tether.runtime.state import RunState
-from tether.store.base import EventDraft, OperationWrite, RunStore
+from tether.store.base import EventDraft, NewEscalation, OperationWrite, RunStore
 from tether.tools import ToolContext, to_jsonable, tool_result_text, unknown_tool_error
 from tether.types import (
     EventKind,
@@ -44,6 +45,11 @@ from tether.types import (
 logger = logging.getLogger("tether.runtime")
 
 EventSink = Callable[[RunEvent], None]
+
+# What a person may answer, by the reason the run was handed over.
+ANSWER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "unknown_outcome": ("happened", "did_not_happen", "takeover"),
+}
 
 # Errors after which waiting or another path may help: the run goes to a person, not to "failed".
 ESCALATE_ON = frozenset(
@@ -99,6 +105,10 @@ class RunLoop:
                     },
                 )
             )
+        if state.pending_answer is not None:
+            status = await self._apply_answer(state.pending_answer)
+            if status is not None:
+                return status
         while True:
             if state.completed_output is not None:
                 return RunStatus.SUCCEEDED
@@ -123,10 +133,10 @@ class RunLoop:
                 )
             if self._over_budget():
                 return await self._wall_clock_exhausted()
-            if state.turns >= self.agent.max_steps:
+            if state.turns >= self.agent.max_steps * (1 + state.grants):
                 return await self._escalate(
                     "step_limit",
-                    f"The run used all {self.agent.max_steps} steps without an answer; "
+                    f"The run used all {state.turns} steps it was allowed without an answer; "
                     "a person should decide how to continue.",
                 )
             status = await self._call_model()
@@ -192,7 +202,7 @@ class RunLoop:
         state = self.state
         for index, call in pending:
             tool = self.agent.tool(call.name)
-            if index in state.intents and tool is not None and not tool.idempotent:
+            if state.crashed_during(index) and tool is not None and not tool.idempotent:
                 return  # outcome unknown: `_check_last_turn` hands the run to a person
         if len(pending) == 1:
             await self._run_tool_call(*pending[0])
@@ -206,9 +216,9 @@ class RunLoop:
             return None
         for index, call in enumerate(state.last_response.tool_calls):
             tool = self.agent.tool(call.name)
-            if tool is None or tool.idempotent:
+            if tool is None or tool.idempotent or index in state.settled:
                 continue
-            if index not in state.results and index in state.intents:
+            if state.crashed_during(index):
                 return await self._escalate(
                     "unknown_outcome",
                     f"Tool {call.name!r} may or may not have run before the worker stopped, and it is "
@@ -302,7 +312,7 @@ class RunLoop:
 
     def _over_budget(self) -> bool:
         limit_s = self.agent.max_wall_clock_s
-        return limit_s is not None and self.state.active_ms >= limit_s * 1000
+        return limit_s is not None and self.state.active_ms >= limit_s * 1000 * (1 + self.state.grants)
 
     async def _wall_clock_exhausted(self) -> RunStatus:
         return await self._escalate(
@@ -315,7 +325,8 @@ class RunLoop:
         """Seconds left of the run's wall-clock budget (active time), or None when it has none."""
         if self.agent.max_wall_clock_s is None:
             return None
-        return max(0.001, self.agent.max_wall_clock_s - self.state.active_ms / 1000)
+        budget_s = self.agent.max_wall_clock_s * (1 + self.state.grants)
+        return max(0.001, budget_s - self.state.active_ms / 1000)
 
     async def _record_invalid(self, base: JsonDict, error: ToolError) -> None:
         # Not an exception that ends the run: the model reads what to fix and tries again.
@@ -344,9 +355,68 @@ class RunLoop:
         }
         if context:
             data["context"] = context
-        return await self._finish(
-            RunStatus.WAITING_HUMAN, EventDraft(EventKind.ESCALATION_OPENED, data), error=message
+        options = ANSWER_OPTIONS.get(reason, ("continue", "takeover"))
+        escalation = NewEscalation(
+            id=f"esc_{secrets.token_hex(8)}", reason=reason, message=message, options=options, context=data
         )
+        data["escalation_id"] = escalation.id
+        data["options"] = list(options)
+        return await self._finish(
+            RunStatus.WAITING_HUMAN,
+            EventDraft(EventKind.ESCALATION_OPENED, data),
+            error=message,
+            escalation=escalation,
+        )
+
+    async def _apply_answer(self, answer: JsonDict) -> RunStatus | None:
+        """Act on a person's answer before anything else; the events say what it changed."""
+        choice = answer["answer"]["choice"]
+        text = answer["answer"].get("text") or ""
+        applied = {"escalation_id": answer["escalation_id"], "choice": choice, "by": answer["by"]}
+        if choice == "takeover":
+            # The person answers the customer themselves: the run ends, handed over, with their text.
+            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, applied))
+            return await self._finish(
+                RunStatus.ESCALATED, EventDraft(EventKind.RUN_ESCALATED, {"output": text}), output=text
+            )
+        if answer["reason"] != "unknown_outcome" or self.state.last_response is None:
+            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, applied))  # "continue"
+            return None
+        drafts: list[EventDraft] = []
+        operations: list[OperationWrite] = []
+        settled: list[int] = []
+        turn = self.state.turns - 1
+        for index, call in enumerate(self.state.last_response.tool_calls):
+            tool = self.agent.tool(call.name)
+            if tool is None or tool.idempotent:
+                continue
+            unknown_result = self.state.results.get(index, {}).get("outcome") == "unknown"
+            crashed = self.state.crashed_during(index)
+            if not (unknown_result or crashed):
+                continue
+            settled.append(index)
+            key = f"{self.run.id}:{turn}:{index}"
+            if choice == "happened" and crashed:
+                content = f"A person confirmed this call took effect. {text}".strip()
+                base = {"turn": turn, "index": index, "call_id": call.id, "tool": call.name}
+                result = {**base, "ok": True, "outcome": "succeeded", "content": content, "by": answer["by"]}
+                drafts.append(EventDraft(EventKind.TOOL_RESULT, result))
+                operations.append(
+                    OperationWrite(key, self.run.id, call.name, "succeeded", result={"by": answer["by"]})
+                )
+            elif choice == "did_not_happen" and crashed:
+                drafts.append(
+                    EventDraft(EventKind.TOOL_RESET, {"turn": turn, "index": index, "by": answer["by"]})
+                )
+                operations.append(
+                    OperationWrite(key, self.run.id, call.name, "failed", result={"by": answer["by"]})
+                )
+        await self._append(
+            EventDraft(EventKind.ESCALATION_APPLIED, {**applied, "settled": settled}),
+            *drafts,
+            operations=operations,
+        )
+        return None
 
     async def _append(
         self,
@@ -375,6 +445,7 @@ class RunLoop:
         *,
         output: str | None = None,
         error: str | None = None,
+        escalation: NewEscalation | None = None,
     ) -> RunStatus:
         async with self._append_lock:
             event = await self.store.finish(
@@ -385,6 +456,7 @@ class RunLoop:
                 draft,
                 output=output,
                 error=error,
+                escalation=escalation,
             )
             self.state.apply(event)
         self._emit([event])

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from tether.agent import Agent
-from tether.errors import ConfigurationError, LeaseLostError, TetherError
+from tether.errors import ConfigurationError, InvalidAnswerError, LeaseLostError, TetherError
 from tether.gateway import Gateway
 from tether.models import model_from_spec
 from tether.models.base import Model
 from tether.runtime.guards import ToolGuards
 from tether.runtime.loop import EventSink, RunLoop
 from tether.store import store_from_url
-from tether.store.base import EventDraft, NewRun, RunStore
-from tether.types import EventKind, Run, RunEvent, RunStatus
+from tether.store.base import Escalation, EventDraft, NewRun, RunStore
+from tether.types import EventKind, JsonDict, Run, RunEvent, RunStatus
 
 logger = logging.getLogger("tether.runtime")
 
@@ -186,6 +186,33 @@ class Runtime:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"run {run_id} is still {run.status} after {timeout_s} s")
             await asyncio.sleep(poll_s)
+
+    async def inbox(self, *, status: str | None = "open", limit: int = 100) -> list[Escalation]:
+        """Questions for people, oldest first (`status=None` for answered ones too)."""
+        return await self.store.list_escalations(status=status, limit=limit)
+
+    async def answer(
+        self, escalation_id: str, choice: str, *, text: str | None = None, by: str = "operator"
+    ) -> tuple[Escalation, bool]:
+        """Answer a question; the run is queued and resumes on the next worker (or `execute`).
+
+        Answering twice applies the first answer only: the second returns `applied=False`.
+        """
+        escalation = await self.store.get_escalation(escalation_id)
+        if choice not in escalation.options:
+            raise InvalidAnswerError(
+                f"escalation {escalation_id} ({escalation.reason}) takes one of "
+                f"{', '.join(escalation.options)}, not {choice!r}"
+            )
+        if choice == "takeover" and not (text and text.strip()):
+            raise InvalidAnswerError("a takeover needs the text to send to the customer (--text)")
+        answer: JsonDict = {"choice": choice}
+        if text:
+            answer["text"] = text
+        result = await self.store.answer_escalation(escalation_id, answer, by)
+        if result[1]:
+            self._emit((await self.store.load_events(escalation.run_id))[-1:])
+        return result
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
         before = await self.store.get_run(run_id)

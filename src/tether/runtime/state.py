@@ -32,6 +32,12 @@ class RunState:
     # calls run concurrently): what the wall-clock limit counts, whichever workers did the work.
     active_ms: float = 0.0
     _turn_tool_ms: float = 0.0
+    # People: the open question, an answer not yet acted on, budget extensions granted, and calls
+    # of the last turn whose unknown outcome a person settled.
+    open_escalation: JsonDict | None = None
+    pending_answer: JsonDict | None = None
+    grants: int = 0
+    settled: set[int] = field(default_factory=set)
 
     @classmethod
     def fold(cls, run_id: str, events: list[RunEvent]) -> RunState:
@@ -50,6 +56,11 @@ class RunState:
             for index, call in enumerate(self.last_response.tool_calls)
             if index not in self.results
         ]
+
+    def crashed_during(self, index: int) -> bool:
+        """The call's intent was recorded but neither a result nor a person's word followed."""
+        intent = self.intents.get(index)
+        return intent is not None and not intent.get("reset") and index not in self.results
 
     @property
     def final_answer(self) -> str | None:
@@ -74,6 +85,7 @@ class RunState:
             self.messages.append(response.as_message())
             self.active_ms += data.get("duration_ms", 0.0)
             self._turn_tool_ms = 0.0
+            self.settled = set()
         elif kind == EventKind.TOOL_INTENT:
             self.intents[data["index"]] = data
         elif kind == EventKind.TOOL_RESULT:
@@ -86,6 +98,26 @@ class RunState:
                 self._close_turn()
         elif kind == EventKind.RUN_RESUMED:
             self.resumes += 1
+        elif kind == EventKind.ESCALATION_OPENED:
+            self.open_escalation = data
+        elif kind == EventKind.ESCALATION_ANSWERED:
+            reason = (self.open_escalation or {}).get("reason", "")
+            self.pending_answer = {
+                **data,
+                "reason": reason,
+                "context": (self.open_escalation or {}).get("context"),
+            }
+            self.open_escalation = None
+        elif kind == EventKind.ESCALATION_APPLIED:
+            self.pending_answer = None
+            if data.get("choice") == "continue":
+                self.grants += 1
+                self.invalid_turns = 0
+            for index in data.get("settled", ()):
+                self.settled.add(index)
+        elif kind == EventKind.TOOL_RESET and data["index"] in self.intents:
+            # A person confirmed the call did not happen: it may run again (attempts keep counting).
+            self.intents[data["index"]] = {**self.intents[data["index"]], "reset": True}
         elif kind == EventKind.RUN_COMPLETED:
             self.completed_output = data.get("output")
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from tether.errors import ConfigurationError
-from tether.store.base import EventDraft, NewRun, Operation, OperationWrite, RunStore
+from tether.store.base import (
+    Escalation,
+    EventDraft,
+    NewEscalation,
+    NewRun,
+    Operation,
+    OperationWrite,
+    RunStore,
+)
 from tether.store.sqlite import SqliteRunStore
 
 __all__ = [
+    "Escalation",
     "EventDraft",
+    "NewEscalation",
     "NewRun",
     "Operation",
     "OperationWrite",

@@ -59,6 +59,49 @@ class Operation:
     updated_at_epoch_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class NewEscalation:
+    """A question for a person, opened when a run parks in `waiting_human`."""
+
+    id: str
+    reason: str
+    message: str
+    options: tuple[str, ...]
+    context: JsonDict
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """A question for a person and, once given, the answer (kept as labelled data)."""
+
+    id: str
+    run_id: str
+    reason: str
+    message: str
+    options: tuple[str, ...]
+    context: JsonDict
+    status: Literal["open", "answered"]
+    answer: JsonDict | None
+    answered_by: str | None
+    created_at_epoch_ms: int
+    answered_at_epoch_ms: int | None
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "id": self.id,
+            "run_id": self.run_id,
+            "reason": self.reason,
+            "message": self.message,
+            "options": list(self.options),
+            "context": self.context,
+            "status": self.status,
+            "answer": self.answer,
+            "answered_by": self.answered_by,
+            "created_at_epoch_ms": self.created_at_epoch_ms,
+            "answered_at_epoch_ms": self.answered_at_epoch_ms,
+        }
+
+
 class RunStore(Protocol):
     """Durable state of runs. Every write by a worker is fenced by its lease: a worker that lost the
     lease gets `LeaseLostError` and must stop working on the run."""
@@ -106,8 +149,25 @@ class RunStore(Protocol):
         *,
         output: str | None = None,
         error: str | None = None,
+        escalation: NewEscalation | None = None,
     ) -> RunEvent:
-        """Move the run to a terminal or waiting status with its closing event; drop the lease."""
+        """Move the run to a terminal or waiting status with its closing event; drop the lease.
+
+        With `escalation`, the question is written to the inbox in the same transaction."""
+        ...
+
+    async def list_escalations(
+        self, *, status: str | None = "open", run_id: str | None = None, limit: int = 100
+    ) -> list[Escalation]: ...
+
+    async def get_escalation(self, escalation_id: str) -> Escalation: ...
+
+    async def answer_escalation(
+        self, escalation_id: str, answer: JsonDict, by: str
+    ) -> tuple[Escalation, bool]:
+        """Record the answer, append `escalation.answered` and queue the run, atomically.
+
+        Returns (escalation, applied): a second answer is not applied (applied=False)."""
         ...
 
     async def cancel(self, run_id: str, reason: str) -> Run:

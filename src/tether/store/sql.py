@@ -6,10 +6,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from tether.store.base import Operation
+from tether.store.base import Escalation, Operation
 from tether.types import JsonDict, Run, RunStatus, Usage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # `{float}` differs per dialect: SQLite's REAL is 8 bytes, PostgreSQL's is 4 (money needs 8).
 SCHEMA_V1 = (
@@ -67,12 +67,34 @@ SCHEMA_V1 = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS operations_run ON operations (run_id)",
+    # version 2: the inbox of questions for people
+    """
+    CREATE TABLE IF NOT EXISTS escalations (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL,
+        options TEXT NOT NULL,
+        context TEXT NOT NULL,
+        status TEXT NOT NULL,
+        answer TEXT,
+        answered_by TEXT,
+        created_at_epoch_ms BIGINT NOT NULL,
+        answered_at_epoch_ms BIGINT
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS escalations_status ON escalations (status, created_at_epoch_ms)",
+    "CREATE INDEX IF NOT EXISTS escalations_run ON escalations (run_id)",
 )
 
 RUN_COLUMNS = (
     "id, agent_name, agent_version, agent_target, model_spec, status, input, output, error, "
     "principal, idempotency_key, parent_run_id, attempts, lease_owner, lease_expires_at_epoch_ms, "
     "input_tokens, output_tokens, cost_usd, created_at_epoch_ms, updated_at_epoch_ms"
+)
+ESCALATION_COLUMNS = (
+    "id, run_id, reason, message, options, context, status, answer, answered_by, "
+    "created_at_epoch_ms, answered_at_epoch_ms"
 )
 OPERATION_COLUMNS = (
     "idempotency_key, run_id, tool, status, arguments, result, attempts, "
@@ -128,4 +150,20 @@ def operation_from_row(row: Sequence[Any]) -> Operation:
         attempts=row[6],
         created_at_epoch_ms=row[7],
         updated_at_epoch_ms=row[8],
+    )
+
+
+def escalation_from_row(row: Sequence[Any]) -> Escalation:
+    return Escalation(
+        id=row[0],
+        run_id=row[1],
+        reason=row[2],
+        message=row[3],
+        options=tuple(json.loads(row[4])),
+        context=json.loads(row[5]),
+        status=row[6],
+        answer=loads_or_none(row[7]),
+        answered_by=row[8],
+        created_at_epoch_ms=row[9],
+        answered_at_epoch_ms=row[10],
     )

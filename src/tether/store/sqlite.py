@@ -12,23 +12,26 @@ from typing import Literal
 
 from tether.errors import (
     ConfigurationError,
+    EscalationNotFoundError,
     IdempotencyConflictError,
     LeaseLostError,
     RunNotFoundError,
     StoreError,
 )
-from tether.store.base import EventDraft, NewRun, Operation, OperationWrite
+from tether.store.base import Escalation, EventDraft, NewEscalation, NewRun, Operation, OperationWrite
 from tether.store.sql import (
+    ESCALATION_COLUMNS,
     OPERATION_COLUMNS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
     UNFINISHED,
     dumps,
+    escalation_from_row,
     operation_from_row,
     run_from_row,
     schema_statements,
 )
-from tether.types import EventKind, Run, RunEvent, RunStatus, Usage
+from tether.types import EventKind, JsonDict, Run, RunEvent, RunStatus, Usage
 
 
 def now_ms() -> int:
@@ -100,6 +103,8 @@ class SqliteRunStore:
             row = self._db.execute("SELECT max(version) FROM tether_schema").fetchone()
             if row[0] is None:
                 self._db.execute("INSERT INTO tether_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] < SCHEMA_VERSION:  # the statements above are idempotent: they added what was new
+                self._db.execute("UPDATE tether_schema SET version = ?", (SCHEMA_VERSION,))
             elif row[0] > SCHEMA_VERSION:
                 raise ConfigurationError(
                     f"database {self.path!r} has schema version {row[0]}, newer than this tether "
@@ -330,10 +335,25 @@ class SqliteRunStore:
         *,
         output: str | None = None,
         error: str | None = None,
+        escalation: NewEscalation | None = None,
     ) -> RunEvent:
         now = self._clock()
         with self._write() as db:
             self._fence(db, run_id, owner, now, None)
+            if escalation is not None:
+                db.execute(
+                    f"INSERT INTO escalations ({ESCALATION_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'open', NULL, NULL, ?, NULL)",
+                    (
+                        escalation.id,
+                        run_id,
+                        escalation.reason,
+                        escalation.message,
+                        dumps(list(escalation.options)),
+                        dumps(escalation.context),
+                        now,
+                    ),
+                )
             db.execute(
                 "INSERT INTO run_events (run_id, seq, kind, created_at_epoch_ms, data) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -373,6 +393,67 @@ class SqliteRunStore:
                     (reason, now, run_id),
                 )
         return await self.get_run(run_id)
+
+    async def list_escalations(
+        self, *, status: str | None = "open", run_id: str | None = None, limit: int = 100
+    ) -> list[Escalation]:
+        clauses, args = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        if run_id is not None:
+            clauses.append("run_id = ?")
+            args.append(run_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT {ESCALATION_COLUMNS} FROM escalations {where} ORDER BY created_at_epoch_ms, id LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [escalation_from_row(row) for row in rows]
+
+    async def get_escalation(self, escalation_id: str) -> Escalation:
+        row = self._db.execute(
+            f"SELECT {ESCALATION_COLUMNS} FROM escalations WHERE id = ?", (escalation_id,)
+        ).fetchone()
+        if row is None:
+            raise EscalationNotFoundError(f"no escalation with id {escalation_id!r}")
+        return escalation_from_row(row)
+
+    async def answer_escalation(
+        self, escalation_id: str, answer: JsonDict, by: str
+    ) -> tuple[Escalation, bool]:
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT run_id, status FROM escalations WHERE id = ?", (escalation_id,)
+            ).fetchone()
+            if row is None:
+                raise EscalationNotFoundError(f"no escalation with id {escalation_id!r}")
+            run_id, status = row
+            applied = status == "open"
+            if applied:
+                # The run is parked (no lease), so this write needs none; the status check below
+                # keeps a cancelled run cancelled.
+                db.execute(
+                    "UPDATE escalations SET status = 'answered', answer = ?, answered_by = ?, "
+                    "answered_at_epoch_ms = ? WHERE id = ?",
+                    (dumps(answer), by, now, escalation_id),
+                )
+                (next_seq,) = db.execute(
+                    "SELECT coalesce(max(seq), -1) + 1 FROM run_events WHERE run_id = ?", (run_id,)
+                ).fetchone()
+                data = {"escalation_id": escalation_id, "answer": answer, "by": by}
+                db.execute(
+                    "INSERT INTO run_events (run_id, seq, kind, created_at_epoch_ms, data) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (run_id, next_seq, EventKind.ESCALATION_ANSWERED.value, now, dumps(data)),
+                )
+                db.execute(
+                    "UPDATE runs SET status = 'queued', updated_at_epoch_ms = ? "
+                    "WHERE id = ? AND status = 'waiting_human'",
+                    (now, run_id),
+                )
+        return await self.get_escalation(escalation_id), applied
 
     async def load_events(self, run_id: str, *, after_seq: int = -1) -> list[RunEvent]:
         rows = self._db.execute(
