@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -88,6 +89,16 @@ def kill_at(crash: Crash, point: str) -> None:
     os.kill(worker.pid, signal.SIGKILL)
     worker.communicate(timeout=10)
     assert worker.returncode == -signal.SIGKILL
+
+
+def cli(crash: Crash, *args: str) -> str:
+    """Run `tether ARGS --db …` as a separate process; return its output (it must succeed)."""
+    command = [sys.executable, "-m", "tether", *args, "--db", crash.db_url]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=crash.env(), cwd=crash.dir, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def recover(crash: Crash) -> None:
@@ -208,3 +219,21 @@ async def test_random_kills_lose_nothing_and_charge_each_order_once(crash: Crash
     assert responses == [[0, 1, 2]] * 6  # every turn recorded once: nothing recorded was redone
     payments = crash.payments()
     assert sorted(key for key, _, _ in payments) == sorted(f"{run_id}:1:0" for run_id in run_ids)
+
+
+async def test_answer_given_while_no_worker_lives_resumes_the_run_exactly_once(crash: Crash) -> None:
+    """Killed mid-write, answered from the CLI with no worker alive, then two workers race: one resume."""
+    run_id = await start(crash, "email_agent")
+    kill_at(crash, "email-after-effect")
+    recover(crash)  # the run is parked: unknown outcome of a non-idempotent write
+    [question] = json.loads(cli(crash, "inbox", "list", "--json"))
+    cli(crash, "inbox", "answer", question["id"], "--choice", "happened", "--text", "the mail log shows it")
+    workers = [crash.worker(), crash.worker()]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0, output
+    status, kinds, _ = await final_state(crash, run_id)
+    assert status == RunStatus.SUCCEEDED
+    assert kinds.count("escalation.applied") == 1
+    assert kinds.count("run.completed") == 1
+    assert crash.lines("emails.log") == ["customer@example.com"]  # the person said it happened: not re-sent
