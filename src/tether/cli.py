@@ -308,8 +308,11 @@ def inbox_list(
 @inbox_app.command("answer")
 def inbox_answer(
     escalation_id: Annotated[str, typer.Argument(help="The question's id (tether inbox list).")],
-    choice: Annotated[str, typer.Option("--choice", help="One of the question's options.")],
+    choice: Annotated[str | None, typer.Option("--choice", help="One of the question's options.")] = None,
     text: Annotated[str | None, typer.Option("--text", help="A note, or the reply for a takeover.")] = None,
+    approve: Annotated[bool, typer.Option("--approve", help="Approve the call(s).")] = False,
+    deny: Annotated[str | None, typer.Option("--deny", help="Deny, with a message the agent sees.")] = None,
+    edit: Annotated[str | None, typer.Option("--edit", help="Approve with these JSON arguments.")] = None,
     by: Annotated[str, typer.Option("--by", help="Who answers (kept with the answer).")] = "cli",
     db: DbOption = None,
     as_json: JsonOption = False,
@@ -317,6 +320,20 @@ def inbox_answer(
 ) -> None:
     """Answer a question; the run is queued and a worker resumes it. A second answer is not applied."""
     settings = _settings(config, db=db)
+    given = [
+        flag
+        for flag, on in (("--choice", choice), ("--approve", approve), ("--deny", deny), ("--edit", edit))
+        if on
+    ]
+    if len(given) != 1:
+        raise _err("give exactly one of --choice, --approve, --deny MESSAGE, --edit JSON")
+    if approve:
+        choice = "approve"
+    elif deny is not None:
+        choice, text = "deny", deny
+    elif edit is not None:
+        choice, text = "edit", edit
+    assert choice is not None
 
     async def go() -> tuple[Escalation, bool]:
         async with Runtime(settings.db) as runtime:

@@ -31,6 +31,28 @@ DEFAULT_TOOL_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRule:
+    """When a person must approve a call before it runs: always, by a predicate on the validated
+    arguments (`lambda a: a["amount_usd"] > 100`), or when any keyword appears in the arguments.
+
+    Unanswered approvals expire after `expires_s` and count as denied.
+    """
+
+    when: Callable[[JsonDict], bool] | None = None
+    keywords: tuple[str, ...] = ()
+    expires_s: float = 24 * 3600.0
+    reason: str = ""
+
+    def requires(self, arguments: JsonDict) -> bool:
+        if self.when is None and not self.keywords:
+            return True
+        if self.when is not None and self.when(arguments):
+            return True
+        text = json.dumps(arguments, ensure_ascii=False).casefold()
+        return any(keyword.casefold() in text for keyword in self.keywords)
+
+
+@dataclass(frozen=True, slots=True)
 class ToolContext:
     """What a tool may know about the call: declare a parameter annotated `ToolContext` to get it.
 
@@ -63,6 +85,7 @@ class Tool:
         bulkhead: str | None = None,
         max_concurrent: int = 8,
         cache_ttl_s: float | None = None,
+        approval: ApprovalRule | bool | Callable[[JsonDict], bool] = False,
     ) -> None:
         if side_effect not in SIDE_EFFECTS:
             raise ConfigurationError(
@@ -94,6 +117,14 @@ class Tool:
         self.bulkhead = bulkhead
         self.max_concurrent = max_concurrent
         self.cache_ttl_s = cache_ttl_s
+        if isinstance(approval, ApprovalRule):
+            self.approval: ApprovalRule | None = approval
+        elif approval is True:
+            self.approval = ApprovalRule()
+        elif callable(approval):
+            self.approval = ApprovalRule(when=approval)
+        else:
+            self.approval = None
         self.is_async = inspect.iscoroutinefunction(function)
         self.arguments_model, self._context_parameter = _arguments_model(function, self.name)
         self.definition = ToolDefinition(
@@ -180,6 +211,7 @@ def tool(
     bulkhead: str | None = None,
     max_concurrent: int = 8,
     cache_ttl_s: float | None = None,
+    approval: ApprovalRule | bool | Callable[[JsonDict], bool] = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -197,6 +229,7 @@ def tool(
     bulkhead: str | None = None,
     max_concurrent: int = 8,
     cache_ttl_s: float | None = None,
+    approval: ApprovalRule | bool | Callable[[JsonDict], bool] = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. Undeclared side effects default to `write`, not idempotent: the safe guess.
 
@@ -204,7 +237,9 @@ def tool(
     writes that pass `ctx.idempotency_key` to their backend. Resilience options: `retry` (idempotent
     tools only), `rate_limit` (a token bucket for this tool), `bulkhead` + `max_concurrent` (a
     concurrency pool shared by the tools naming the same group), `cache_ttl_s` (read tools' results
-    reused for identical arguments). Every tool has its own circuit breaker.
+    reused for identical arguments), `approval` (True, a predicate on the arguments, or an
+    `ApprovalRule`: a person approves, denies or edits the call first). Every tool has its own
+    circuit breaker.
     """
 
     def wrap(fn: Callable[..., Any]) -> Tool:
@@ -220,6 +255,7 @@ def tool(
             bulkhead=bulkhead,
             max_concurrent=max_concurrent,
             cache_ttl_s=cache_ttl_s,
+            approval=approval,
         )
 
     return wrap(function) if function is not None else wrap

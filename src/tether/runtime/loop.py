@@ -9,6 +9,7 @@ with the same idempotency key only if it declared itself idempotent — otherwis
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -29,7 +30,7 @@ from tether.models.base import Model
 from tether.runtime.guards import ToolGuards
 from tether.runtime.state import RunState
 from tether.store.base import EventDraft, NewEscalation, OperationWrite, RunStore
-from tether.tools import ToolContext, to_jsonable, tool_result_text, unknown_tool_error
+from tether.tools import Tool, ToolContext, to_jsonable, tool_result_text, unknown_tool_error
 from tether.types import (
     EventKind,
     JsonDict,
@@ -49,6 +50,7 @@ EventSink = Callable[[RunEvent], None]
 # What a person may answer, by the reason the run was handed over.
 ANSWER_OPTIONS: dict[str, tuple[str, ...]] = {
     "unknown_outcome": ("happened", "did_not_happen", "takeover"),
+    "approval": ("approve", "deny", "edit", "takeover"),
 }
 
 # Errors after which waiting or another path may help: the run goes to a person, not to "failed".
@@ -118,6 +120,9 @@ class RunLoop:
                 # only cut them short into unknown outcomes. Hand over with the calls not started.
                 return await self._check_last_turn() or await self._wall_clock_exhausted()
             if pending:
+                status = await self._ask_approval(pending)
+                if status is not None:
+                    return status
                 await self._run_tool_calls(pending)
             # Checked on every pass, not only right after the calls ran: a crash may fall between
             # the last tool.result and the escalation, and a resumed run must decide the same way.
@@ -198,6 +203,32 @@ class RunLoop:
             error=f"{type(error).__name__}: {error}",
         )
 
+    async def _ask_approval(self, pending: list[tuple[int, ToolCall]]) -> RunStatus | None:
+        """Park the run for a person when a pending call's tool requires approval for its arguments."""
+        asks = []
+        for index, call in pending:
+            tool = self.agent.tool(call.name)
+            if tool is None or tool.approval is None or index in self.state.approvals:
+                continue
+            try:
+                arguments = tool.validate(call.arguments, call.raw_arguments).model_dump()
+            except ToolArgumentsError:
+                continue  # reported to the model as invalid; nothing to approve
+            if tool.approval.requires(arguments):
+                reason = tool.approval.reason or f"{tool.name} needs a person's approval"
+                asks.append(
+                    ({"index": index, "tool": tool.name, "arguments": call.arguments, "why": reason}, tool)
+                )
+        if not asks:
+            return None
+        names = ", ".join(f"{ask['tool']}({json.dumps(ask['arguments'])})" for ask, _ in asks)
+        return await self._escalate(
+            "approval",
+            f"Approve, deny (with a message for the agent) or edit: {names}",
+            {"calls": [ask for ask, _ in asks]},
+            expires_s=min(tool.approval.expires_s for _, tool in asks if tool.approval is not None),
+        )
+
     async def _run_tool_calls(self, pending: list[tuple[int, ToolCall]]) -> None:
         state = self.state
         for index, call in pending:
@@ -248,6 +279,10 @@ class RunLoop:
             error: ToolError = unknown_tool_error(call.name, self.agent.tool_names)
             await self._record_invalid(base, error)
             return
+        decided = await self._apply_decision(index, call, base)
+        if decided is None:
+            return
+        call = decided
         try:
             arguments = tool.validate(call.arguments, call.raw_arguments)
         except ToolArgumentsError as exc:
@@ -267,11 +302,7 @@ class RunLoop:
         notes: list[tuple[str, JsonDict]] = []
         result: JsonDict = {**base, "attempt": attempt}
         value: Any = None
-        cached = await self.guards.cached_result(tool, call.arguments or {}, self.run.principal)
-        if cached is not None:
-            result.update(ok=True, outcome="succeeded", content=cached, cached=True, duration_ms=0.0)
-            hit = EventDraft(EventKind.CACHE_HIT, {"layer": "tool", "tool": tool.name, "turn": turn})
-            await self._append(hit, EventDraft(EventKind.TOOL_RESULT, result))
+        if await self._answer_from_cache(tool, call, result):
             return
         started = time.perf_counter()
         try:
@@ -310,6 +341,30 @@ class RunLoop:
         drafts = [EventDraft(kind, {**data, "turn": turn}) for kind, data in notes]
         await self._append(*drafts, EventDraft(EventKind.TOOL_RESULT, result), operations=operations)
 
+    async def _answer_from_cache(self, tool: Tool, call: ToolCall, result: JsonDict) -> bool:
+        """Record a cached result of a cacheable tool for the same arguments, if there is one."""
+        cached = await self.guards.cached_result(tool, call.arguments or {}, self.run.principal)
+        if cached is None:
+            return False
+        result.update(ok=True, outcome="succeeded", content=cached, cached=True, duration_ms=0.0)
+        hit = EventDraft(EventKind.CACHE_HIT, {"layer": "tool", "tool": tool.name, "turn": result["turn"]})
+        await self._append(hit, EventDraft(EventKind.TOOL_RESULT, result))
+        return True
+
+    async def _apply_decision(self, index: int, call: ToolCall, base: JsonDict) -> ToolCall | None:
+        """A person's approval decision: the call to run (edited arguments win), or None if denied."""
+        decision = self.state.approvals.get(index, {})
+        if decision.get("choice") == "deny":
+            message = decision.get("text") or "no reason given"
+            denied = {**base, "ok": False, "outcome": "failed", "error": "denied", "by": decision.get("by")}
+            content = f"A person denied this call: {message}. Do not retry it; adapt or explain."
+            await self._append(EventDraft(EventKind.TOOL_RESULT, {**denied, "content": content}))
+            return None
+        if decision.get("choice") == "edit":
+            edited = decision["arguments"]
+            return ToolCall(call.id, call.name, edited, json.dumps(edited))
+        return call
+
     def _over_budget(self) -> bool:
         limit_s = self.agent.max_wall_clock_s
         return limit_s is not None and self.state.active_ms >= limit_s * 1000 * (1 + self.state.grants)
@@ -344,7 +399,9 @@ class RunLoop:
             )
         )
 
-    async def _escalate(self, reason: str, message: str, context: JsonDict | None = None) -> RunStatus:
+    async def _escalate(
+        self, reason: str, message: str, context: JsonDict | None = None, *, expires_s: float | None = None
+    ) -> RunStatus:
         recent = [{"role": m.role, "content": m.content[:500]} for m in self.state.messages[-6:]]
         data: JsonDict = {
             "reason": reason,
@@ -357,7 +414,12 @@ class RunLoop:
             data["context"] = context
         options = ANSWER_OPTIONS.get(reason, ("continue", "takeover"))
         escalation = NewEscalation(
-            id=f"esc_{secrets.token_hex(8)}", reason=reason, message=message, options=options, context=data
+            id=f"esc_{secrets.token_hex(8)}",
+            reason=reason,
+            message=message,
+            options=options,
+            context=data,
+            expires_s=expires_s,
         )
         data["escalation_id"] = escalation.id
         data["options"] = list(options)
@@ -379,6 +441,14 @@ class RunLoop:
             return await self._finish(
                 RunStatus.ESCALATED, EventDraft(EventKind.RUN_ESCALATED, {"output": text}), output=text
             )
+        if answer["reason"] == "approval":
+            calls = (answer.get("context") or {}).get("calls", [])
+            decision: JsonDict = {"choice": choice, "text": text, "by": answer["by"]}
+            if choice == "edit":
+                decision["arguments"] = json.loads(text)
+            approvals = {str(call["index"]): decision for call in calls}
+            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, {**applied, "approvals": approvals}))
+            return None
         if answer["reason"] != "unknown_outcome" or self.state.last_response is None:
             await self._append(EventDraft(EventKind.ESCALATION_APPLIED, applied))  # "continue"
             return None

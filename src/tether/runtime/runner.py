@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import os
 import secrets
@@ -28,6 +29,7 @@ from tether.types import EventKind, JsonDict, Run, RunEvent, RunStatus
 logger = logging.getLogger("tether.runtime")
 
 DEFAULT_LEASE_S = 30.0
+EXPIRY_CHECK_S = 5.0  # how often a worker answers expired questions (approvals time out as denied)
 
 
 def new_run_id() -> str:
@@ -206,6 +208,18 @@ class Runtime:
             )
         if choice == "takeover" and not (text and text.strip()):
             raise InvalidAnswerError("a takeover needs the text to send to the customer (--text)")
+        if choice == "edit":
+            calls = escalation.context.get("context", {}).get("calls", [])
+            if len(calls) != 1:
+                raise InvalidAnswerError(f"edit applies to one call; this question covers {len(calls)}")
+            try:
+                edited = json.loads(text or "")
+            except json.JSONDecodeError as exc:
+                raise InvalidAnswerError(
+                    f"--edit needs the call's arguments as a JSON object: {exc}"
+                ) from None
+            if not isinstance(edited, dict):
+                raise InvalidAnswerError("--edit needs the call's arguments as a JSON object")
         answer: JsonDict = {"choice": choice}
         if text:
             answer["text"] = text
@@ -213,6 +227,16 @@ class Runtime:
         if result[1]:
             self._emit((await self.store.load_events(escalation.run_id))[-1:])
         return result
+
+    async def expire_escalations(self) -> int:
+        """Answer questions whose time ran out (approvals: denied); returns how many."""
+        now_ms = time.time_ns() // 1_000_000
+        expired = await self.store.expired_escalations(now_ms)
+        for escalation in expired:
+            choice = "deny" if "deny" in escalation.options else "takeover"
+            text = "the approval expired before anyone answered"
+            await self.answer(escalation.id, choice, text=text, by="expiry")
+        return len(expired)
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
         before = await self.store.get_run(run_id)
@@ -339,6 +363,7 @@ class Worker:
         stop = stop or asyncio.Event()
         active: set[asyncio.Task[Run]] = set()
         store, owner = self.runtime.store, self.runtime.worker_id
+        next_expiry_s = 0.0
         try:
             while not stop.is_set():
                 if len(active) < self.concurrency:
@@ -349,6 +374,9 @@ class Worker:
                         active.add(task)
                         task.add_done_callback(self._done(active))
                         continue
+                if time.monotonic() >= next_expiry_s:
+                    await self.runtime.expire_escalations()
+                    next_expiry_s = time.monotonic() + EXPIRY_CHECK_S
                 if exit_when_idle and not active and await store.count_unfinished() == 0:
                     break
                 await self._pause(active, stop)

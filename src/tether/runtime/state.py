@@ -38,6 +38,7 @@ class RunState:
     pending_answer: JsonDict | None = None
     grants: int = 0
     settled: set[int] = field(default_factory=set)
+    approvals: dict[int, JsonDict] = field(default_factory=dict)  # decisions on the last turn's calls
 
     @classmethod
     def fold(cls, run_id: str, events: list[RunEvent]) -> RunState:
@@ -86,6 +87,7 @@ class RunState:
             self.active_ms += data.get("duration_ms", 0.0)
             self._turn_tool_ms = 0.0
             self.settled = set()
+            self.approvals = {}
         elif kind == EventKind.TOOL_INTENT:
             self.intents[data["index"]] = data
         elif kind == EventKind.TOOL_RESULT:
@@ -115,6 +117,8 @@ class RunState:
                 self.invalid_turns = 0
             for index in data.get("settled", ()):
                 self.settled.add(index)
+            for index, decision in data.get("approvals", {}).items():
+                self.approvals[int(index)] = decision
         elif kind == EventKind.TOOL_RESET and data["index"] in self.intents:
             # A person confirmed the call did not happen: it may run again (attempts keep counting).
             self.intents[data["index"]] = {**self.intents[data["index"]], "reset": True}

@@ -68,6 +68,7 @@ class NewEscalation:
     message: str
     options: tuple[str, ...]
     context: JsonDict
+    expires_s: float | None = None  # unanswered by then, it is answered by expiry (approvals: denied)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class Escalation:
     answered_by: str | None
     created_at_epoch_ms: int
     answered_at_epoch_ms: int | None
+    expires_at_epoch_ms: int | None = None
 
     def to_dict(self) -> JsonDict:
         return {
@@ -99,6 +101,7 @@ class Escalation:
             "answered_by": self.answered_by,
             "created_at_epoch_ms": self.created_at_epoch_ms,
             "answered_at_epoch_ms": self.answered_at_epoch_ms,
+            "expires_at_epoch_ms": self.expires_at_epoch_ms,
         }
 
 
@@ -161,6 +164,10 @@ class RunStore(Protocol):
     ) -> list[Escalation]: ...
 
     async def get_escalation(self, escalation_id: str) -> Escalation: ...
+
+    async def expired_escalations(self, now_epoch_ms: int) -> list[Escalation]:
+        """Open escalations whose expiry has passed."""
+        ...
 
     async def answer_escalation(
         self, escalation_id: str, answer: JsonDict, by: str

@@ -80,7 +80,8 @@ SCHEMA_V1 = (
         answer TEXT,
         answered_by TEXT,
         created_at_epoch_ms BIGINT NOT NULL,
-        answered_at_epoch_ms BIGINT
+        answered_at_epoch_ms BIGINT,
+        expires_at_epoch_ms BIGINT
     )
     """,
     "CREATE INDEX IF NOT EXISTS escalations_status ON escalations (status, created_at_epoch_ms)",
@@ -94,7 +95,7 @@ RUN_COLUMNS = (
 )
 ESCALATION_COLUMNS = (
     "id, run_id, reason, message, options, context, status, answer, answered_by, "
-    "created_at_epoch_ms, answered_at_epoch_ms"
+    "created_at_epoch_ms, answered_at_epoch_ms, expires_at_epoch_ms"
 )
 OPERATION_COLUMNS = (
     "idempotency_key, run_id, tool, status, arguments, result, attempts, "
@@ -166,4 +167,5 @@ def escalation_from_row(row: Sequence[Any]) -> Escalation:
         answered_by=row[8],
         created_at_epoch_ms=row[9],
         answered_at_epoch_ms=row[10],
+        expires_at_epoch_ms=row[11],
     )

@@ -343,7 +343,7 @@ class SqliteRunStore:
             if escalation is not None:
                 db.execute(
                     f"INSERT INTO escalations ({ESCALATION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'open', NULL, NULL, ?, NULL)",
+                    "VALUES (?, ?, ?, ?, ?, ?, 'open', NULL, NULL, ?, NULL, ?)",
                     (
                         escalation.id,
                         run_id,
@@ -352,6 +352,7 @@ class SqliteRunStore:
                         dumps(list(escalation.options)),
                         dumps(escalation.context),
                         now,
+                        None if escalation.expires_s is None else now + int(escalation.expires_s * 1000),
                     ),
                 )
             db.execute(
@@ -418,6 +419,14 @@ class SqliteRunStore:
         if row is None:
             raise EscalationNotFoundError(f"no escalation with id {escalation_id!r}")
         return escalation_from_row(row)
+
+    async def expired_escalations(self, now_epoch_ms: int) -> list[Escalation]:
+        rows = self._db.execute(
+            f"SELECT {ESCALATION_COLUMNS} FROM escalations WHERE status = 'open' "
+            "AND expires_at_epoch_ms IS NOT NULL AND expires_at_epoch_ms <= ? ORDER BY expires_at_epoch_ms",
+            (now_epoch_ms,),
+        ).fetchall()
+        return [escalation_from_row(row) for row in rows]
 
     async def answer_escalation(
         self, escalation_id: str, answer: JsonDict, by: str
