@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pydantic
+
 from tether.errors import ConfigurationError
 from tether.models.base import Model
 from tether.tools import Tool
@@ -19,6 +21,8 @@ class Agent:
 
     `max_steps` bounds the model turns of one run; reaching it hands the run to a person.
     `max_invalid_tool_turns` bounds consecutive turns whose every call was unknown or malformed.
+    `output_type` makes the final answer structured: it must validate as JSON of that pydantic model;
+    a bad answer is sent back once with the validation error, then a person decides.
     `max_wall_clock_s` bounds the time the run spends working (model and tool calls, across workers
     and resumes; time waiting for a person does not count); None lifts it.
     """
@@ -31,6 +35,7 @@ class Agent:
     max_steps: int = DEFAULT_MAX_STEPS
     max_invalid_tool_turns: int = 3
     max_wall_clock_s: float | None = DEFAULT_MAX_WALL_CLOCK_S
+    output_type: type[pydantic.BaseModel] | None = None  # the final answer must be JSON of this model
     tags: tuple[str, ...] = ()  # task tags the gateway's routing rules read ("simple", "hard", ...)
     _by_name: dict[str, Tool] = field(init=False, repr=False, compare=False)
 

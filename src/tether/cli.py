@@ -38,6 +38,8 @@ runs_app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 inbox_app = typer.Typer(help="Questions for people: list them, answer them.", no_args_is_help=True)
 app.add_typer(inbox_app, name="inbox")
+feedback_app = typer.Typer(help="People's answers, kept as labelled examples.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 
 T = TypeVar("T")
 
@@ -350,6 +352,28 @@ def inbox_answer(
             f"{json.dumps(escalation.answer)}; this answer was not applied"
         )
     raise typer.Exit(0 if applied else 1)
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Annotated[Path | None, typer.Option("--out", help="Write JSONL here instead of stdout.")] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Every answered question as one JSON line: the situation, the options, what the person chose."""
+    settings = _settings(config, db=db)
+
+    async def go() -> list[Escalation]:
+        async with Runtime(settings.db) as runtime:
+            return await runtime.store.list_escalations(status="answered", limit=1_000_000)
+
+    lines = [json.dumps(item.to_dict(), ensure_ascii=False) for item in _run_async(go)]
+    if out is None:
+        for line in lines:
+            typer.echo(line)
+    else:
+        out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        Console(stderr=True, highlight=False).print(f"wrote {len(lines)} labelled examples to {out}")
 
 
 @app.command()

@@ -196,10 +196,14 @@ class EventKind(enum.StrEnum):
     ESCALATION_ANSWERED = "escalation.answered"
     ESCALATION_APPLIED = "escalation.applied"
     RUN_ESCALATED = "run.escalated"
+    OUTPUT_INVALID = "output.invalid"
     TOOL_RESET = "tool.reset"
     RUN_COMPLETED = "run.completed"
     RUN_FAILED = "run.failed"
     RUN_CANCELLED = "run.cancelled"
+    RUN_ATTEMPT_FAILED = "run.attempt_failed"  # an unexpected exception ended an attempt
+    RUN_DEAD_LETTERED = "run.dead_lettered"
+    RUN_REPLAYED = "run.replayed"  # a person put a dead-lettered run back in the queue
 
 
 @dataclass(frozen=True, slots=True)

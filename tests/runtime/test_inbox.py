@@ -181,3 +181,29 @@ async def test_unknown_outcome_answer_decides_whether_the_write_runs_again(
     assert mailer.sent == sent
     [operation] = await runtime.store.list_operations(run_id)
     assert operation.status == "succeeded"
+
+
+async def test_answers_export_as_labelled_jsonl(runtime: Runtime, tmp_path: Path) -> None:
+    """`tether feedback export` writes each answered question with its context and the choice made."""
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+
+    agent = Agent("looper", model=calling("ping"), tools=[ping], max_steps=1)
+    await runtime.run(agent, "go")
+    await runtime.run(agent, "again")
+    first, _ = await runtime.inbox()
+    await runtime.answer(first.id, "takeover", text="done by hand", by="ana")
+    out = tmp_path / "labels.jsonl"
+    db = f"sqlite:///{tmp_path / 'inbox.db'}"
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, ["feedback", "export", "--out", str(out), "--db", db]
+    )
+    assert result.exit_code == 0, result.output
+    [line] = out.read_text().splitlines()
+    example = json.loads(line)
+    assert example["id"] == first.id
+    assert example["reason"] == "step_limit"
+    assert example["answer"] == {"choice": "takeover", "text": "done by hand"}
+    assert example["answered_by"] == "ana"
+    assert example["context"]["input"] == "go"

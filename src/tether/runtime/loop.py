@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import pydantic
 
 from tether.agent import Agent
 from tether.errors import (
@@ -28,6 +29,7 @@ from tether.errors import (
 )
 from tether.models.base import Model
 from tether.runtime.guards import ToolGuards
+from tether.runtime.humans import HumanSteps
 from tether.runtime.state import RunState
 from tether.store.base import EventDraft, NewEscalation, OperationWrite, RunStore
 from tether.tools import Tool, ToolContext, to_jsonable, tool_result_text, unknown_tool_error
@@ -47,12 +49,6 @@ logger = logging.getLogger("tether.runtime")
 
 EventSink = Callable[[RunEvent], None]
 
-# What a person may answer, by the reason the run was handed over.
-ANSWER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "unknown_outcome": ("happened", "did_not_happen", "takeover"),
-    "approval": ("approve", "deny", "edit", "takeover"),
-}
-
 # Errors after which waiting or another path may help: the run goes to a person, not to "failed".
 ESCALATE_ON = frozenset(
     {
@@ -66,7 +62,7 @@ ESCALATE_ON = frozenset(
 )
 
 
-class RunLoop:
+class RunLoop(HumanSteps):
     """Executes one run while holding its lease; every write is fenced by that lease."""
 
     def __init__(
@@ -90,7 +86,11 @@ class RunLoop:
         self.sinks = sinks
         self.guards = guards or ToolGuards()
         self._append_lock = asyncio.Lock()
-        self._system = (Message(role="system", content=agent.instructions),) if agent.instructions else ()
+        instructions = agent.instructions
+        if agent.output_type is not None:
+            schema = json.dumps(agent.output_type.model_json_schema(), separators=(",", ":"))
+            instructions += f"\n\nAnswer with only a JSON object matching this JSON schema: {schema}"
+        self._system = (Message(role="system", content=instructions.strip()),) if instructions.strip() else ()
         self._tool_definitions = tuple(t.definition for t in agent.tools)
 
     async def execute(self) -> RunStatus:
@@ -130,6 +130,12 @@ class RunLoop:
             if status is not None:
                 return status
             answer = state.final_answer
+            if answer is not None and self.agent.output_type is not None:
+                answer, status = await self._check_output(answer)
+                if status is not None:
+                    return status
+                if answer is None:
+                    continue  # the model was asked to answer again
             if answer is not None:
                 return await self._finish(
                     RunStatus.SUCCEEDED,
@@ -201,32 +207,6 @@ class RunLoop:
             RunStatus.FAILED,
             EventDraft(EventKind.RUN_FAILED, detail),
             error=f"{type(error).__name__}: {error}",
-        )
-
-    async def _ask_approval(self, pending: list[tuple[int, ToolCall]]) -> RunStatus | None:
-        """Park the run for a person when a pending call's tool requires approval for its arguments."""
-        asks = []
-        for index, call in pending:
-            tool = self.agent.tool(call.name)
-            if tool is None or tool.approval is None or index in self.state.approvals:
-                continue
-            try:
-                arguments = tool.validate(call.arguments, call.raw_arguments).model_dump()
-            except ToolArgumentsError:
-                continue  # reported to the model as invalid; nothing to approve
-            if tool.approval.requires(arguments):
-                reason = tool.approval.reason or f"{tool.name} needs a person's approval"
-                asks.append(
-                    ({"index": index, "tool": tool.name, "arguments": call.arguments, "why": reason}, tool)
-                )
-        if not asks:
-            return None
-        names = ", ".join(f"{ask['tool']}({json.dumps(ask['arguments'])})" for ask, _ in asks)
-        return await self._escalate(
-            "approval",
-            f"Approve, deny (with a message for the agent) or edit: {names}",
-            {"calls": [ask for ask, _ in asks]},
-            expires_s=min(tool.approval.expires_s for _, tool in asks if tool.approval is not None),
         )
 
     async def _run_tool_calls(self, pending: list[tuple[int, ToolCall]]) -> None:
@@ -341,6 +321,37 @@ class RunLoop:
         drafts = [EventDraft(kind, {**data, "turn": turn}) for kind, data in notes]
         await self._append(*drafts, EventDraft(EventKind.TOOL_RESULT, result), operations=operations)
 
+    async def _check_output(self, answer: str) -> tuple[str | None, RunStatus | None]:
+        """Validate a final answer against the agent's output type: (normalised JSON, None) when it
+        fits; else ask again once with the error, then hand the run to a person."""
+        assert self.agent.output_type is not None
+        text = answer.strip()
+        if text.startswith("```"):  # models like to fence JSON; the fence is not the answer
+            text = text.strip("`").removeprefix("json").strip()
+        try:
+            return self.agent.output_type.model_validate_json(text).model_dump_json(), None
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'answer'}: {err['msg']}"
+                for err in exc.errors(include_url=False)
+            )[:1000]
+        if self.state.output_rejections >= 1:
+            status = await self._escalate(
+                "invalid_output",
+                f"The final answer still does not match {self.agent.output_type.__name__} after one "
+                f"correction ({problems}); a person should write or fix it.",
+                {"answer": answer[:2000], "errors": problems},
+            )
+            return None, status
+        correction = (
+            f"Your answer does not match the required schema ({problems}). Reply again with only a "
+            "JSON object matching the schema."
+        )
+        await self._append(
+            EventDraft(EventKind.OUTPUT_INVALID, {"errors": problems, "correction": correction})
+        )
+        return None, None
+
     async def _answer_from_cache(self, tool: Tool, call: ToolCall, result: JsonDict) -> bool:
         """Record a cached result of a cacheable tool for the same arguments, if there is one."""
         cached = await self.guards.cached_result(tool, call.arguments or {}, self.run.principal)
@@ -350,20 +361,6 @@ class RunLoop:
         hit = EventDraft(EventKind.CACHE_HIT, {"layer": "tool", "tool": tool.name, "turn": result["turn"]})
         await self._append(hit, EventDraft(EventKind.TOOL_RESULT, result))
         return True
-
-    async def _apply_decision(self, index: int, call: ToolCall, base: JsonDict) -> ToolCall | None:
-        """A person's approval decision: the call to run (edited arguments win), or None if denied."""
-        decision = self.state.approvals.get(index, {})
-        if decision.get("choice") == "deny":
-            message = decision.get("text") or "no reason given"
-            denied = {**base, "ok": False, "outcome": "failed", "error": "denied", "by": decision.get("by")}
-            content = f"A person denied this call: {message}. Do not retry it; adapt or explain."
-            await self._append(EventDraft(EventKind.TOOL_RESULT, {**denied, "content": content}))
-            return None
-        if decision.get("choice") == "edit":
-            edited = decision["arguments"]
-            return ToolCall(call.id, call.name, edited, json.dumps(edited))
-        return call
 
     def _over_budget(self) -> bool:
         limit_s = self.agent.max_wall_clock_s
@@ -398,95 +395,6 @@ class RunLoop:
                 },
             )
         )
-
-    async def _escalate(
-        self, reason: str, message: str, context: JsonDict | None = None, *, expires_s: float | None = None
-    ) -> RunStatus:
-        recent = [{"role": m.role, "content": m.content[:500]} for m in self.state.messages[-6:]]
-        data: JsonDict = {
-            "reason": reason,
-            "message": message,
-            "input": self.state.input,
-            "steps": self.state.turns,
-            "recent_messages": recent,
-        }
-        if context:
-            data["context"] = context
-        options = ANSWER_OPTIONS.get(reason, ("continue", "takeover"))
-        escalation = NewEscalation(
-            id=f"esc_{secrets.token_hex(8)}",
-            reason=reason,
-            message=message,
-            options=options,
-            context=data,
-            expires_s=expires_s,
-        )
-        data["escalation_id"] = escalation.id
-        data["options"] = list(options)
-        return await self._finish(
-            RunStatus.WAITING_HUMAN,
-            EventDraft(EventKind.ESCALATION_OPENED, data),
-            error=message,
-            escalation=escalation,
-        )
-
-    async def _apply_answer(self, answer: JsonDict) -> RunStatus | None:
-        """Act on a person's answer before anything else; the events say what it changed."""
-        choice = answer["answer"]["choice"]
-        text = answer["answer"].get("text") or ""
-        applied = {"escalation_id": answer["escalation_id"], "choice": choice, "by": answer["by"]}
-        if choice == "takeover":
-            # The person answers the customer themselves: the run ends, handed over, with their text.
-            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, applied))
-            return await self._finish(
-                RunStatus.ESCALATED, EventDraft(EventKind.RUN_ESCALATED, {"output": text}), output=text
-            )
-        if answer["reason"] == "approval":
-            calls = (answer.get("context") or {}).get("calls", [])
-            decision: JsonDict = {"choice": choice, "text": text, "by": answer["by"]}
-            if choice == "edit":
-                decision["arguments"] = json.loads(text)
-            approvals = {str(call["index"]): decision for call in calls}
-            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, {**applied, "approvals": approvals}))
-            return None
-        if answer["reason"] != "unknown_outcome" or self.state.last_response is None:
-            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, applied))  # "continue"
-            return None
-        drafts: list[EventDraft] = []
-        operations: list[OperationWrite] = []
-        settled: list[int] = []
-        turn = self.state.turns - 1
-        for index, call in enumerate(self.state.last_response.tool_calls):
-            tool = self.agent.tool(call.name)
-            if tool is None or tool.idempotent:
-                continue
-            unknown_result = self.state.results.get(index, {}).get("outcome") == "unknown"
-            crashed = self.state.crashed_during(index)
-            if not (unknown_result or crashed):
-                continue
-            settled.append(index)
-            key = f"{self.run.id}:{turn}:{index}"
-            if choice == "happened" and crashed:
-                content = f"A person confirmed this call took effect. {text}".strip()
-                base = {"turn": turn, "index": index, "call_id": call.id, "tool": call.name}
-                result = {**base, "ok": True, "outcome": "succeeded", "content": content, "by": answer["by"]}
-                drafts.append(EventDraft(EventKind.TOOL_RESULT, result))
-                operations.append(
-                    OperationWrite(key, self.run.id, call.name, "succeeded", result={"by": answer["by"]})
-                )
-            elif choice == "did_not_happen" and crashed:
-                drafts.append(
-                    EventDraft(EventKind.TOOL_RESET, {"turn": turn, "index": index, "by": answer["by"]})
-                )
-                operations.append(
-                    OperationWrite(key, self.run.id, call.name, "failed", result={"by": answer["by"]})
-                )
-        await self._append(
-            EventDraft(EventKind.ESCALATION_APPLIED, {**applied, "settled": settled}),
-            *drafts,
-            operations=operations,
-        )
-        return None
 
     async def _append(
         self,

@@ -39,6 +39,8 @@ class RunState:
     grants: int = 0
     settled: set[int] = field(default_factory=set)
     approvals: dict[int, JsonDict] = field(default_factory=dict)  # decisions on the last turn's calls
+    output_rejections: int = 0  # final answers that failed the agent's output schema
+    _answer_rejected: bool = False
 
     @classmethod
     def fold(cls, run_id: str, events: list[RunEvent]) -> RunState:
@@ -65,8 +67,8 @@ class RunState:
 
     @property
     def final_answer(self) -> str | None:
-        """The last turn's text when it asked for no tools: the run's output."""
-        if self.last_response is None or self.last_response.tool_calls:
+        """The last turn's text when it asked for no tools (and was not rejected): the run's output."""
+        if self.last_response is None or self.last_response.tool_calls or self._answer_rejected:
             return None
         return self.last_response.content
 
@@ -88,6 +90,7 @@ class RunState:
             self._turn_tool_ms = 0.0
             self.settled = set()
             self.approvals = {}
+            self._answer_rejected = False
         elif kind == EventKind.TOOL_INTENT:
             self.intents[data["index"]] = data
         elif kind == EventKind.TOOL_RESULT:
@@ -100,14 +103,21 @@ class RunState:
                 self._close_turn()
         elif kind == EventKind.RUN_RESUMED:
             self.resumes += 1
-        elif kind == EventKind.ESCALATION_OPENED:
+        elif kind == EventKind.RUN_COMPLETED:
+            self.completed_output = data.get("output")
+        else:
+            self._apply_people(kind, data)
+
+    def _apply_people(self, kind: str, data: JsonDict) -> None:
+        """Events of questions, answers and corrections: what people decided about the run."""
+        if kind == EventKind.ESCALATION_OPENED:
             self.open_escalation = data
         elif kind == EventKind.ESCALATION_ANSWERED:
-            reason = (self.open_escalation or {}).get("reason", "")
+            opened = self.open_escalation or {}
             self.pending_answer = {
                 **data,
-                "reason": reason,
-                "context": (self.open_escalation or {}).get("context"),
+                "reason": opened.get("reason", ""),
+                "context": opened.get("context"),
             }
             self.open_escalation = None
         elif kind == EventKind.ESCALATION_APPLIED:
@@ -115,15 +125,16 @@ class RunState:
             if data.get("choice") == "continue":
                 self.grants += 1
                 self.invalid_turns = 0
-            for index in data.get("settled", ()):
-                self.settled.add(index)
+            self.settled.update(data.get("settled", ()))
             for index, decision in data.get("approvals", {}).items():
                 self.approvals[int(index)] = decision
+        elif kind == EventKind.OUTPUT_INVALID:
+            self.output_rejections += 1
+            self._answer_rejected = True
+            self.messages.append(Message(role="user", content=data["correction"]))
         elif kind == EventKind.TOOL_RESET and data["index"] in self.intents:
             # A person confirmed the call did not happen: it may run again (attempts keep counting).
             self.intents[data["index"]] = {**self.intents[data["index"]], "reset": True}
-        elif kind == EventKind.RUN_COMPLETED:
-            self.completed_output = data.get("output")
 
     def _close_turn(self) -> None:
         """All calls of the turn answered: add the tool messages in the order the model asked."""

@@ -117,8 +117,14 @@ class RunStore(Protocol):
 
     async def list_runs(self, *, status: RunStatus | None = None, limit: int = 100) -> list[Run]: ...
 
-    async def claim_run(self, owner: str, lease_s: float, *, run_id: str | None = None) -> Run | None:
-        """Lease the oldest queued run, or a running run whose lease expired, or `run_id` if claimable."""
+    async def claim_run(
+        self, owner: str, lease_s: float, *, run_id: str | None = None, max_attempts: int | None = None
+    ) -> Run | None:
+        """Lease the oldest queued run, or a running run whose lease expired, or `run_id` if claimable.
+
+        A claim counts an attempt. With `max_attempts`, a claimable run that already had that many is
+        moved to `dead_lettered` instead, with a `run.dead_lettered` event, in the same transaction, and
+        returned so (no lease): no worker ever starts attempt `max_attempts + 1`."""
         ...
 
     async def heartbeat(self, run_id: str, owner: str, lease_s: float) -> bool:
@@ -156,6 +162,7 @@ class RunStore(Protocol):
     ) -> RunEvent:
         """Move the run to a terminal or waiting status with its closing event; drop the lease.
 
+        `queued` gives the run back for another attempt (after `run.attempt_failed`), attempts kept.
         With `escalation`, the question is written to the inbox in the same transaction."""
         ...
 
@@ -173,6 +180,8 @@ class RunStore(Protocol):
         self, escalation_id: str, answer: JsonDict, by: str
     ) -> tuple[Escalation, bool]:
         """Record the answer, append `escalation.answered` and queue the run, atomically.
+
+        The run's attempts restart from 0: parking for a person is not a failed attempt.
 
         Returns (escalation, applied): a second answer is not applied (applied=False)."""
         ...
@@ -192,3 +201,13 @@ class RunStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def replay(self, run_id: str, by: str) -> tuple[Run, bool]:
+        """Queue a dead-lettered run again with attempts reset to 0 and a `run.replayed` event.
+
+        Returns (run, applied): a run that is not dead-lettered is left as it is (applied=False)."""
+        ...
+
+    async def count_by_status(self) -> dict[RunStatus, int]:
+        """How many runs are in each status (every status present, 0 if none): e.g. the DLQ depth."""
+        ...

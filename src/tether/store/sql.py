@@ -169,3 +169,23 @@ def escalation_from_row(row: Sequence[Any]) -> Escalation:
         answered_at_epoch_ms=row[10],
         expires_at_epoch_ms=row[11],
     )
+
+
+def dead_letter_verdict(
+    attempts: int, max_attempts: int, status: str, lease_owner: str | None, error: str | None
+) -> tuple[JsonDict, str]:
+    """The `run.dead_lettered` event data and the run's error, for a claim that found the run's attempts
+    used up. A run still `running` lost its last worker silently (killed, out of memory, stalled); a
+    `queued` one was given back after an exception, whose text is the run's error."""
+    if status == RunStatus.RUNNING.value:
+        worker = f"worker {lease_owner}" if lease_owner else "its worker"
+        last_error: str | None = (
+            f"{worker} stopped renewing the lease mid-attempt (killed, out of memory or stalled)"
+        )
+    else:
+        last_error = error
+    data: JsonDict = {"attempts": attempts, "max_attempts": max_attempts, "reason": "max_attempts"}
+    if last_error:
+        data["last_error"] = last_error
+    message = f"dead-lettered after {attempts} attempts"
+    return data, f"{message}; last error: {last_error}" if last_error else message

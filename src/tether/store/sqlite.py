@@ -25,6 +25,7 @@ from tether.store.sql import (
     RUN_COLUMNS,
     SCHEMA_VERSION,
     UNFINISHED,
+    dead_letter_verdict,
     dumps,
     escalation_from_row,
     operation_from_row,
@@ -201,7 +202,9 @@ class SqliteRunStore:
             )
         return [run_from_row(row, row[-1]) for row in rows.fetchall()]
 
-    async def claim_run(self, owner: str, lease_s: float, *, run_id: str | None = None) -> Run | None:
+    async def claim_run(
+        self, owner: str, lease_s: float, *, run_id: str | None = None, max_attempts: int | None = None
+    ) -> Run | None:
         now = self._clock()
         expires = now + int(lease_s * 1000)
         claimable = (
@@ -211,20 +214,26 @@ class SqliteRunStore:
         with self._write() as db:
             if run_id is None:
                 target = db.execute(
-                    f"SELECT id FROM runs WHERE {claimable} ORDER BY created_at_epoch_ms, id LIMIT 1",
+                    "SELECT id, attempts, status, lease_owner, error FROM runs "
+                    f"WHERE {claimable} ORDER BY created_at_epoch_ms, id LIMIT 1",
                     (now,),
                 ).fetchone()
             else:
                 target = db.execute(
-                    f"SELECT id FROM runs WHERE id = ? AND {claimable}", (run_id, now)
+                    "SELECT id, attempts, status, lease_owner, error FROM runs "
+                    f"WHERE id = ? AND {claimable}",
+                    (run_id, now),
                 ).fetchone()
             if target is None:
                 return None
-            row = db.execute(
-                "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at_epoch_ms = ?, "
-                f"attempts = attempts + 1, updated_at_epoch_ms = ? WHERE id = ? RETURNING {RUN_COLUMNS}",
-                (owner, expires, now, target[0]),
-            ).fetchone()
+            if max_attempts is not None and target[1] >= max_attempts:
+                row = self._dead_letter(db, max_attempts, now, *target)
+            else:
+                row = db.execute(
+                    "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at_epoch_ms = ?, "
+                    f"attempts = attempts + 1, updated_at_epoch_ms = ? WHERE id = ? RETURNING {RUN_COLUMNS}",
+                    (owner, expires, now, target[0]),
+                ).fetchone()
             (count,) = db.execute("SELECT count(*) FROM run_events WHERE run_id = ?", (target[0],)).fetchone()
         return run_from_row(row, count)
 
@@ -458,7 +467,7 @@ class SqliteRunStore:
                     (run_id, next_seq, EventKind.ESCALATION_ANSWERED.value, now, dumps(data)),
                 )
                 db.execute(
-                    "UPDATE runs SET status = 'queued', updated_at_epoch_ms = ? "
+                    "UPDATE runs SET status = 'queued', attempts = 0, updated_at_epoch_ms = ? "
                     "WHERE id = ? AND status = 'waiting_human'",
                     (now, run_id),
                 )
@@ -493,3 +502,57 @@ class SqliteRunStore:
 
     async def close(self) -> None:
         self._db.close()
+
+    async def replay(self, run_id: str, by: str) -> tuple[Run, bool]:
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute("SELECT status, attempts FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run with id {run_id!r}")
+            applied = row[0] == RunStatus.DEAD_LETTERED.value
+            if applied:
+                data = {"by": by, "previous_attempts": row[1]}
+                self._append_unfenced(db, run_id, EventKind.RUN_REPLAYED, data, now)
+                db.execute(
+                    "UPDATE runs SET status = 'queued', attempts = 0, error = NULL, "
+                    "updated_at_epoch_ms = ? WHERE id = ?",
+                    (now, run_id),
+                )
+        return await self.get_run(run_id), applied
+
+    async def count_by_status(self) -> dict[RunStatus, int]:
+        counts = dict.fromkeys(RunStatus, 0)
+        for status, count in self._db.execute("SELECT status, count(*) FROM runs GROUP BY status"):
+            counts[RunStatus(status)] = int(count)
+        return counts
+
+    def _dead_letter(
+        self,
+        db: sqlite3.Connection,
+        max_attempts: int,
+        now: int,
+        run_id: str,
+        attempts: int,
+        status: str,
+        lease_owner: str | None,
+        error: str | None,
+    ) -> tuple[object, ...]:
+        """Park a claimable run whose attempts are used up, inside the claim's transaction; its row."""
+        data, message = dead_letter_verdict(attempts, max_attempts, status, lease_owner, error)
+        self._append_unfenced(db, run_id, EventKind.RUN_DEAD_LETTERED, data, now)
+        row: tuple[object, ...] = db.execute(
+            "UPDATE runs SET status = 'dead_lettered', error = ?, lease_owner = NULL, "
+            f"lease_expires_at_epoch_ms = NULL, updated_at_epoch_ms = ? WHERE id = ? RETURNING {RUN_COLUMNS}",
+            (message, now, run_id),
+        ).fetchone()
+        return row
+
+    def _append_unfenced(self, db: sqlite3.Connection, run_id: str, kind: str, data: JsonDict, now: int) -> None:
+        """Append one event to a run no worker holds (the caller's transaction makes sure of that)."""
+        (next_seq,) = db.execute(
+            "SELECT coalesce(max(seq), -1) + 1 FROM run_events WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        db.execute(
+            "INSERT INTO run_events (run_id, seq, kind, created_at_epoch_ms, data) VALUES (?, ?, ?, ?, ?)",
+            (run_id, next_seq, kind, now, dumps(data)),
+        )

@@ -1,0 +1,176 @@
+"""What the loop does with people: asking for approval, escalating with a question, applying answers.
+
+Every question is durable (an `escalations` row and an `escalation.opened` event written with the
+run's parking), and every answer is applied once, as events, before the run does anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+
+from tether.agent import Agent
+from tether.errors import ToolArgumentsError
+from tether.runtime.state import RunState
+from tether.store.base import EventDraft, NewEscalation, OperationWrite
+from tether.types import EventKind, JsonDict, Run, RunStatus, ToolCall, Usage
+
+# What a person may answer, by the reason the run was handed over.
+ANSWER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "unknown_outcome": ("happened", "did_not_happen", "takeover"),
+    "approval": ("approve", "deny", "edit", "takeover"),
+}
+
+
+class HumanSteps:
+    """Mixed into RunLoop, which provides the state, the agent, the run and the two writes."""
+
+    state: RunState
+    agent: Agent
+    run: Run
+
+    async def _append(
+        self, *drafts: EventDraft, usage: Usage | None = None, operations: Sequence[OperationWrite] = ()
+    ) -> None:
+        raise NotImplementedError
+
+    async def _finish(
+        self,
+        status: RunStatus,
+        draft: EventDraft,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+        escalation: NewEscalation | None = None,
+    ) -> RunStatus:
+        raise NotImplementedError
+
+    async def _ask_approval(self, pending: list[tuple[int, ToolCall]]) -> RunStatus | None:
+        """Park the run for a person when a pending call's tool requires approval for its arguments."""
+        asks = []
+        for index, call in pending:
+            tool = self.agent.tool(call.name)
+            if tool is None or tool.approval is None or index in self.state.approvals:
+                continue
+            try:
+                arguments = tool.validate(call.arguments, call.raw_arguments).model_dump()
+            except ToolArgumentsError:
+                continue  # reported to the model as invalid; nothing to approve
+            if tool.approval.requires(arguments):
+                reason = tool.approval.reason or f"{tool.name} needs a person's approval"
+                asks.append(
+                    ({"index": index, "tool": tool.name, "arguments": call.arguments, "why": reason}, tool)
+                )
+        if not asks:
+            return None
+        names = ", ".join(f"{ask['tool']}({json.dumps(ask['arguments'])})" for ask, _ in asks)
+        return await self._escalate(
+            "approval",
+            f"Approve, deny (with a message for the agent) or edit: {names}",
+            {"calls": [ask for ask, _ in asks]},
+            expires_s=min(tool.approval.expires_s for _, tool in asks if tool.approval is not None),
+        )
+
+    async def _apply_decision(self, index: int, call: ToolCall, base: JsonDict) -> ToolCall | None:
+        """A person's approval decision: the call to run (edited arguments win), or None if denied."""
+        decision = self.state.approvals.get(index, {})
+        if decision.get("choice") == "deny":
+            message = decision.get("text") or "no reason given"
+            denied = {**base, "ok": False, "outcome": "failed", "error": "denied", "by": decision.get("by")}
+            content = f"A person denied this call: {message}. Do not retry it; adapt or explain."
+            await self._append(EventDraft(EventKind.TOOL_RESULT, {**denied, "content": content}))
+            return None
+        if decision.get("choice") == "edit":
+            edited = decision["arguments"]
+            return ToolCall(call.id, call.name, edited, json.dumps(edited))
+        return call
+
+    async def _escalate(
+        self, reason: str, message: str, context: JsonDict | None = None, *, expires_s: float | None = None
+    ) -> RunStatus:
+        recent = [{"role": m.role, "content": m.content[:500]} for m in self.state.messages[-6:]]
+        data: JsonDict = {
+            "reason": reason,
+            "message": message,
+            "input": self.state.input,
+            "steps": self.state.turns,
+            "recent_messages": recent,
+        }
+        if context:
+            data["context"] = context
+        options = ANSWER_OPTIONS.get(reason, ("continue", "takeover"))
+        escalation = NewEscalation(
+            id=f"esc_{secrets.token_hex(8)}",
+            reason=reason,
+            message=message,
+            options=options,
+            context=data,
+            expires_s=expires_s,
+        )
+        data["escalation_id"] = escalation.id
+        data["options"] = list(options)
+        return await self._finish(
+            RunStatus.WAITING_HUMAN,
+            EventDraft(EventKind.ESCALATION_OPENED, data),
+            error=message,
+            escalation=escalation,
+        )
+
+    async def _apply_answer(self, answer: JsonDict) -> RunStatus | None:
+        """Act on a person's answer before anything else; the events say what it changed."""
+        choice = answer["answer"]["choice"]
+        text = answer["answer"].get("text") or ""
+        applied = {"escalation_id": answer["escalation_id"], "choice": choice, "by": answer["by"]}
+        if choice == "takeover":
+            # The person answers the customer themselves: the run ends, handed over, with their text.
+            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, applied))
+            return await self._finish(
+                RunStatus.ESCALATED, EventDraft(EventKind.RUN_ESCALATED, {"output": text}), output=text
+            )
+        if answer["reason"] == "approval":
+            calls = (answer.get("context") or {}).get("calls", [])
+            decision: JsonDict = {"choice": choice, "text": text, "by": answer["by"]}
+            if choice == "edit":
+                decision["arguments"] = json.loads(text)
+            approvals = {str(call["index"]): decision for call in calls}
+            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, {**applied, "approvals": approvals}))
+            return None
+        if answer["reason"] != "unknown_outcome" or self.state.last_response is None:
+            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, applied))  # "continue"
+            return None
+        drafts: list[EventDraft] = []
+        operations: list[OperationWrite] = []
+        settled: list[int] = []
+        turn = self.state.turns - 1
+        for index, call in enumerate(self.state.last_response.tool_calls):
+            tool = self.agent.tool(call.name)
+            if tool is None or tool.idempotent:
+                continue
+            unknown_result = self.state.results.get(index, {}).get("outcome") == "unknown"
+            crashed = self.state.crashed_during(index)
+            if not (unknown_result or crashed):
+                continue
+            settled.append(index)
+            key = f"{self.run.id}:{turn}:{index}"
+            if choice == "happened" and crashed:
+                content = f"A person confirmed this call took effect. {text}".strip()
+                base = {"turn": turn, "index": index, "call_id": call.id, "tool": call.name}
+                result = {**base, "ok": True, "outcome": "succeeded", "content": content, "by": answer["by"]}
+                drafts.append(EventDraft(EventKind.TOOL_RESULT, result))
+                operations.append(
+                    OperationWrite(key, self.run.id, call.name, "succeeded", result={"by": answer["by"]})
+                )
+            elif choice == "did_not_happen" and crashed:
+                drafts.append(
+                    EventDraft(EventKind.TOOL_RESET, {"turn": turn, "index": index, "by": answer["by"]})
+                )
+                operations.append(
+                    OperationWrite(key, self.run.id, call.name, "failed", result={"by": answer["by"]})
+                )
+        await self._append(
+            EventDraft(EventKind.ESCALATION_APPLIED, {**applied, "settled": settled}),
+            *drafts,
+            operations=operations,
+        )
+        return None
