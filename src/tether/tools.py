@@ -86,6 +86,7 @@ class Tool:
         max_concurrent: int = 8,
         cache_ttl_s: float | None = None,
         approval: ApprovalRule | bool | Callable[[JsonDict], bool] = False,
+        compensate: Callable[..., Any] | None = None,
     ) -> None:
         if side_effect not in SIDE_EFFECTS:
             raise ConfigurationError(
@@ -117,6 +118,9 @@ class Tool:
         self.bulkhead = bulkhead
         self.max_concurrent = max_concurrent
         self.cache_ttl_s = cache_ttl_s
+        if compensate is not None and side_effect != "write":
+            raise ConfigurationError(f"tool {self.name!r}: only write tools have something to compensate")
+        self.compensate = compensate  # the saga undo: called with the call's arguments (and ctx)
         if isinstance(approval, ApprovalRule):
             self.approval: ApprovalRule | None = approval
         elif approval is True:
@@ -212,6 +216,7 @@ def tool(
     max_concurrent: int = 8,
     cache_ttl_s: float | None = None,
     approval: ApprovalRule | bool | Callable[[JsonDict], bool] = False,
+    compensate: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -230,6 +235,7 @@ def tool(
     max_concurrent: int = 8,
     cache_ttl_s: float | None = None,
     approval: ApprovalRule | bool | Callable[[JsonDict], bool] = False,
+    compensate: Callable[..., Any] | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. Undeclared side effects default to `write`, not idempotent: the safe guess.
 
@@ -238,8 +244,8 @@ def tool(
     tools only), `rate_limit` (a token bucket for this tool), `bulkhead` + `max_concurrent` (a
     concurrency pool shared by the tools naming the same group), `cache_ttl_s` (read tools' results
     reused for identical arguments), `approval` (True, a predicate on the arguments, or an
-    `ApprovalRule`: a person approves, denies or edits the call first). Every tool has its own
-    circuit breaker.
+    `ApprovalRule`: a person approves, denies or edits the call first), `compensate` (the undo
+    run when the run later fails for good). Every tool has its own circuit breaker.
     """
 
     def wrap(fn: Callable[..., Any]) -> Tool:
@@ -256,6 +262,7 @@ def tool(
             max_concurrent=max_concurrent,
             cache_ttl_s=cache_ttl_s,
             approval=approval,
+            compensate=compensate,
         )
 
     return wrap(function) if function is not None else wrap

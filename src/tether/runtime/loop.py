@@ -30,6 +30,7 @@ from tether.errors import (
 from tether.models.base import Model
 from tether.runtime.guards import ToolGuards
 from tether.runtime.humans import HumanSteps
+from tether.runtime.sagas import SagaSteps
 from tether.runtime.state import RunState
 from tether.store.base import EventDraft, NewEscalation, OperationWrite, RunStore
 from tether.tools import Tool, ToolContext, to_jsonable, tool_result_text, unknown_tool_error
@@ -62,7 +63,7 @@ ESCALATE_ON = frozenset(
 )
 
 
-class RunLoop(HumanSteps):
+class RunLoop(HumanSteps, SagaSteps):
     """Executes one run while holding its lease; every write is fenced by that lease."""
 
     def __init__(
@@ -114,6 +115,10 @@ class RunLoop(HumanSteps):
         while True:
             if state.completed_output is not None:
                 return RunStatus.SUCCEEDED
+            if state.compensating is not None:  # a worker died while undoing: finish the undoing
+                return await self._fail_with_compensation(
+                    state.compensating["detail"], state.compensating["error"]
+                )
             pending = state.pending_calls
             if pending and self._over_budget():
                 # The reply that asked for these calls used up the budget: starting them now would
@@ -203,11 +208,7 @@ class RunLoop(HumanSteps):
                 f"No model could answer ({error_class}): {error}",
                 detail,
             )
-        return await self._finish(
-            RunStatus.FAILED,
-            EventDraft(EventKind.RUN_FAILED, detail),
-            error=f"{type(error).__name__}: {error}",
-        )
+        return await self._fail_with_compensation(detail, f"{type(error).__name__}: {error}")
 
     async def _run_tool_calls(self, pending: list[tuple[int, ToolCall]]) -> None:
         state = self.state

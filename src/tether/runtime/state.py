@@ -39,6 +39,10 @@ class RunState:
     grants: int = 0
     settled: set[int] = field(default_factory=set)
     approvals: dict[int, JsonDict] = field(default_factory=dict)  # decisions on the last turn's calls
+    # Sagas: writes that took effect (in order), and the compensating in progress.
+    succeeded_writes: list[JsonDict] = field(default_factory=list)
+    compensating: JsonDict | None = None
+    compensated: set[str] = field(default_factory=set)
     output_rejections: int = 0  # final answers that failed the agent's output schema
     _answer_rejected: bool = False
 
@@ -95,6 +99,9 @@ class RunState:
             self.intents[data["index"]] = data
         elif kind == EventKind.TOOL_RESULT:
             self.results[data["index"]] = data
+            intent = self.intents.get(data["index"])
+            if intent is not None and data.get("outcome") == "succeeded":
+                self.succeeded_writes.append({**intent, "tool": data["tool"]})
             duration_ms = data.get("duration_ms", 0.0)
             if duration_ms > self._turn_tool_ms:
                 self.active_ms += duration_ms - self._turn_tool_ms
@@ -128,6 +135,10 @@ class RunState:
             self.settled.update(data.get("settled", ()))
             for index, decision in data.get("approvals", {}).items():
                 self.approvals[int(index)] = decision
+        elif kind == EventKind.COMPENSATION_STARTED:
+            self.compensating = data
+        elif kind == EventKind.COMPENSATION_RAN and data.get("ok"):
+            self.compensated.add(data["idempotency_key"])
         elif kind == EventKind.OUTPUT_INVALID:
             self.output_rejections += 1
             self._answer_rejected = True
