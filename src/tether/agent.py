@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pydantic
 
 from tether.errors import ConfigurationError
 from tether.models.base import Model
+from tether.policy.gates import ConfidenceGate
 from tether.tools import Tool
+from tether.types import ModelRequest, ModelResponse
 
 DEFAULT_MAX_STEPS = 10
 DEFAULT_MAX_WALL_CLOCK_S = 30.0  # DESIGN.md: interactive runs; counts working time, not human waits
@@ -35,6 +37,10 @@ class Agent:
     max_steps: int = DEFAULT_MAX_STEPS
     max_invalid_tool_turns: int = 3
     max_wall_clock_s: float | None = DEFAULT_MAX_WALL_CLOCK_S
+    gate: ConfidenceGate | None = None  # confidence thresholds; None: act on every answer
+    verifier: Callable[[ModelRequest, ModelResponse], float] | None = (
+        None  # confidence when the model gives none
+    )
     output_type: type[pydantic.BaseModel] | None = None  # the final answer must be JSON of this model
     tags: tuple[str, ...] = ()  # task tags the gateway's routing rules read ("simple", "hard", ...)
     _by_name: dict[str, Tool] = field(init=False, repr=False, compare=False)

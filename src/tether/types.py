@@ -199,6 +199,7 @@ class EventKind(enum.StrEnum):
     ESCALATION_APPLIED = "escalation.applied"
     RUN_ESCALATED = "run.escalated"
     OUTPUT_INVALID = "output.invalid"
+    GATE_DECISION = "gate.decision"
     COMPENSATION_STARTED = "compensation.started"
     COMPENSATION_RAN = "compensation.ran"
     TOOL_RESET = "tool.reset"

@@ -12,12 +12,16 @@ from collections.abc import Sequence
 
 from tether.agent import Agent
 from tether.errors import ToolArgumentsError
+from tether.policy.gates import asks_for_a_human
 from tether.runtime.state import RunState
 from tether.store.base import EventDraft, NewEscalation, OperationWrite
-from tether.types import EventKind, JsonDict, Run, RunStatus, ToolCall, Usage
+from tether.types import EventKind, JsonDict, ModelRequest, Run, RunStatus, ToolCall, Usage
 
 # What a person may answer, by the reason the run was handed over.
 ANSWER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "low_confidence": ("proceed", "takeover"),
+    "human_requested": ("takeover", "proceed"),
+    "user_confirmation": ("confirm", "reject"),
     "unknown_outcome": ("happened", "did_not_happen", "takeover"),
     "approval": ("approve", "deny", "edit", "takeover"),
 }
@@ -128,6 +132,22 @@ class HumanSteps:
             return await self._finish(
                 RunStatus.ESCALATED, EventDraft(EventKind.RUN_ESCALATED, {"output": text}), output=text
             )
+        if answer["reason"] in ("low_confidence", "human_requested", "user_confirmation"):
+            extra: JsonDict = {"gate_cleared": True}
+            if choice == "reject" and self.state.last_response is not None:
+                if self.state.last_response.tool_calls:
+                    denial = {
+                        "choice": "deny",
+                        "text": text or "the user did not confirm",
+                        "by": answer["by"],
+                    }
+                    extra["approvals"] = {
+                        str(i): denial for i in range(len(self.state.last_response.tool_calls))
+                    }
+                else:
+                    extra["rejected"] = f"The user did not confirm this answer: {text or 'no reason given'}"
+            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, {**applied, **extra}))
+            return None
         if answer["reason"] == "approval":
             calls = (answer.get("context") or {}).get("calls", [])
             decision: JsonDict = {"choice": choice, "text": text, "by": answer["by"]}
@@ -173,4 +193,42 @@ class HumanSteps:
             *drafts,
             operations=operations,
         )
+        return None
+
+    async def _gate(self, request: ModelRequest | None) -> RunStatus | None:
+        """The confidence gate on the last model turn (once per turn), and the ask-for-a-human trigger."""
+        gate, state = self.agent.gate, self.state
+        if gate is None or state.gate_turn == state.turns:
+            return None
+        if state.turns == 0:
+            state.gate_turn = 0
+            if gate.transfer_on_request and asks_for_a_human(state.input):
+                await self._append(EventDraft(EventKind.GATE_DECISION, {"turn": 0, "action": "transfer"}))
+                return await self._escalate(
+                    "human_requested", "The user asked for a person; the agent did not answer."
+                )
+            return None
+        response = state.last_response
+        assert response is not None
+        confidence = response.confidence
+        if confidence is None and self.agent.verifier is not None and request is not None:
+            confidence = self.agent.verifier(request, response)
+        if confidence is None:
+            return None
+        action = gate.decide(confidence)
+        decision = {"turn": state.turns - 1, "confidence": confidence, "action": action}
+        await self._append(EventDraft(EventKind.GATE_DECISION, decision))
+        if action == "escalate":
+            return await self._escalate(
+                "low_confidence",
+                f"The model is only {confidence:.2f} confident (below {gate.confirm_at}); a person decides.",
+                {"answer": response.content[:2000], "calls": [c.to_dict() for c in response.tool_calls]},
+            )
+        if action == "confirm":
+            what = response.content or ", ".join(f"{c.name}({c.raw_arguments})" for c in response.tool_calls)
+            return await self._escalate(
+                "user_confirmation",
+                f"Please confirm before the agent goes on: {what[:500]}",
+                {"answer": response.content[:2000], "calls": [c.to_dict() for c in response.tool_calls]},
+            )
         return None

@@ -86,6 +86,7 @@ class RunLoop(HumanSteps, SagaSteps):
         self.state = RunState.fold(run.id, events)
         self.sinks = sinks
         self.guards = guards or ToolGuards()
+        self._last_request: ModelRequest | None = None  # for the verifier hook of the gate
         self._append_lock = asyncio.Lock()
         instructions = agent.instructions
         if agent.output_type is not None:
@@ -119,6 +120,9 @@ class RunLoop(HumanSteps, SagaSteps):
                 return await self._fail_with_compensation(
                     state.compensating["detail"], state.compensating["error"]
                 )
+            status = await self._gate(self._last_request)
+            if status is not None:
+                return status
             pending = state.pending_calls
             if pending and self._over_budget():
                 # The reply that asked for these calls used up the budget: starting them now would
@@ -176,6 +180,7 @@ class RunLoop(HumanSteps, SagaSteps):
             principal=self.run.principal,
             tags=self.agent.tags,
         )
+        self._last_request = request
         started = time.perf_counter()
         try:
             await self.guards.admit_model_call(self.run.principal)

@@ -43,6 +43,7 @@ class RunState:
     succeeded_writes: list[JsonDict] = field(default_factory=list)
     compensating: JsonDict | None = None
     compensated: set[str] = field(default_factory=set)
+    gate_turn: int = -1  # the turn count the confidence gate last decided (or was cleared) for
     output_rejections: int = 0  # final answers that failed the agent's output schema
     _answer_rejected: bool = False
 
@@ -133,12 +134,19 @@ class RunState:
                 self.grants += 1
                 self.invalid_turns = 0
             self.settled.update(data.get("settled", ()))
+            if data.get("gate_cleared"):
+                self.gate_turn = self.turns
+            if data.get("rejected"):
+                self._answer_rejected = True
+                self.messages.append(Message(role="user", content=data["rejected"]))
             for index, decision in data.get("approvals", {}).items():
                 self.approvals[int(index)] = decision
         elif kind == EventKind.COMPENSATION_STARTED:
             self.compensating = data
         elif kind == EventKind.COMPENSATION_RAN and data.get("ok"):
             self.compensated.add(data["idempotency_key"])
+        elif kind == EventKind.GATE_DECISION:
+            self.gate_turn = self.turns
         elif kind == EventKind.OUTPUT_INVALID:
             self.output_rejections += 1
             self._answer_rejected = True
