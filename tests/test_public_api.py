@@ -14,6 +14,7 @@ PACKAGES = [
     "tether",
     "tether.gateway",
     "tether.models",
+    "tether.policy",
     "tether.resilience",
     "tether.runtime",
     "tether.store",

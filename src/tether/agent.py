@@ -25,6 +25,8 @@ class Agent:
     `max_invalid_tool_turns` bounds consecutive turns whose every call was unknown or malformed.
     `output_type` makes the final answer structured: it must validate as JSON of that pydantic model;
     a bad answer is sent back once with the validation error, then a person decides.
+    Recovery has three tiers: the model is told what to fix (invalid calls, bad output); then, if
+    `recovery_model` is set, that model takes over once; then a person.
     `max_wall_clock_s` bounds the time the run spends working (model and tool calls, across workers
     and resumes; time waiting for a person does not count); None lifts it.
     """
@@ -37,6 +39,7 @@ class Agent:
     max_steps: int = DEFAULT_MAX_STEPS
     max_invalid_tool_turns: int = 3
     max_wall_clock_s: float | None = DEFAULT_MAX_WALL_CLOCK_S
+    recovery_model: str | Model | None = None  # the alternative path tried once before a person
     gate: ConfidenceGate | None = None  # confidence thresholds; None: act on every answer
     verifier: Callable[[ModelRequest, ModelResponse], float] | None = (
         None  # confidence when the model gives none

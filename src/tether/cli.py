@@ -1,4 +1,4 @@
-"""The `tether` command line: run, worker, runs list|show|events|cancel, demo, gateway.
+"""The `tether` command line: run, worker, runs list|show|events|cancel, dlq list|show|replay, demo, gateway.
 
 Exit codes: 0 the run succeeded (or the command did its job), 1 the run did not succeed,
 2 usage or configuration error (the message names the bad value).
@@ -24,6 +24,7 @@ from tether.config import Settings, load_settings, open_runtime
 from tether.errors import ConfigurationError, EscalationNotFoundError, InvalidAnswerError, TetherError
 from tether.models import model_from_spec
 from tether.runtime import Runtime, Worker, load_target
+from tether.runtime.deadletters import DeadLetter
 from tether.store.base import Escalation
 from tether.types import Run, RunStatus
 
@@ -518,3 +519,141 @@ def fake_llm(
         raise _err(str(exc)) from None
     except OSError as exc:
         raise _err(f"cannot serve on 127.0.0.1:{port}: {exc}", 1) from None
+
+
+dlq_app = typer.Typer(
+    help="Dead letters: runs parked after too many failed attempts; triage them, replay them.",
+    no_args_is_help=True,
+)
+app.add_typer(dlq_app, name="dlq")
+
+
+def _clip(value: Any, width: int = 160) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _when(epoch_ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_ms / 1000))
+
+
+@dlq_app.command("list")
+def dlq_list(
+    limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 50,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """List dead-lettered runs, newest first, with their attempts and last error, and the DLQ depth."""
+    settings = _settings(config, db=db)
+
+    async def go() -> tuple[int, list[Run]]:
+        async with Runtime(settings.db) as runtime:
+            depth = (await runtime.store.count_by_status())[RunStatus.DEAD_LETTERED]
+            return depth, await runtime.dead_letters(limit=limit)
+
+    depth, runs = _run_async(go)
+    if as_json:
+        typer.echo(json.dumps({"depth": depth, "dead_letters": [r.to_dict() for r in runs]}))
+        return
+    table = Table("run", "agent", "attempts", "dead-lettered", "error")
+    for r in runs:
+        table.add_row(r.id, r.agent_name, str(r.attempts), _when(r.updated_at_epoch_ms), r.error or "")
+    console = _console()
+    console.print(table)
+    shown = f" (showing {len(runs)})" if len(runs) < depth else ""
+    console.print(f"{depth} dead-lettered run{'' if depth == 1 else 's'}{shown}", markup=False)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    run_id: Annotated[str, typer.Argument(help="The run id (tether dlq list).")],
+    last: Annotated[int, typer.Option(min=0, help="How many of the last events to print.")] = 10,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show a dead-lettered run: its attempts, decisions, tool outputs, calls left without a result
+    (where the last attempt most likely died) and its last events."""
+    settings = _settings(config, db=db)
+
+    async def go() -> DeadLetter:
+        async with Runtime(settings.db) as runtime:
+            run = await runtime.store.get_run(run_id)
+            return DeadLetter.from_events(run, await runtime.events(run_id), last=last)
+
+    letter = _run_async(go)
+    run = letter.run
+    if run.status != RunStatus.DEAD_LETTERED:
+        raise _err(f"run {run.id} is {run.status}, not dead-lettered; see `tether runs show {run.id}`")
+    if as_json:
+        typer.echo(json.dumps(letter.to_dict()))
+        return
+    console = _console()
+    console.print(
+        f"run {run.id} ({run.agent_name} v{run.agent_version}): {run.error or 'dead-lettered'}",
+        markup=False,
+    )
+    attempts = Table("seq", "kind", "detail", title="attempts")
+    for item in letter.attempts:
+        detail = {k: v for k, v in item.items() if k not in ("seq", "kind", "traceback")}
+        attempts.add_row(str(item["seq"]), item["kind"], _clip(detail, 400))
+    console.print(attempts)
+    decisions = Table("seq", "kind", "turn", "decision", title="decisions")
+    for item in letter.decisions:
+        if item["kind"] == "model.response":
+            calls = ", ".join(f"{c['name']}({json.dumps(c['arguments'])})" for c in item["tool_calls"])
+            said = item["content"] if not calls else f"calls {calls}"
+        else:
+            said = _clip({k: v for k, v in item.items() if k not in ("seq", "kind")})
+        decisions.add_row(str(item["seq"]), item["kind"], str(item.get("turn", "")), _clip(said))
+    console.print(decisions)
+    outputs = Table("seq", "turn", "tool", "outcome", "content", title="tool outputs")
+    for item in letter.tool_outputs:
+        row = (str(item["seq"]), str(item.get("turn", "")), str(item.get("tool", "")))
+        outputs.add_row(*row, str(item.get("outcome", "")), _clip(item.get("content", ""), 120))
+    console.print(outputs)
+    unfinished = Table(
+        "turn", "index", "tool", "arguments", "intent recorded", title="calls without a result"
+    )
+    for item in letter.unfinished_calls:
+        unfinished.add_row(
+            str(item["turn"]),
+            str(item["index"]),
+            item["tool"],
+            _clip(item["arguments"]),
+            "yes" if item["intent_recorded"] else "no",
+        )
+    console.print(unfinished)
+    recent = Table("seq", "kind", "data", title=f"last {len(letter.last_events)} events")
+    for event in letter.last_events:
+        recent.add_row(str(event.seq), event.kind, _clip(event.data))
+    console.print(recent)
+    console.print(f"after the fix: tether dlq replay {run.id}", markup=False)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    run_id: Annotated[str, typer.Argument(help="The dead-lettered run's id.")],
+    by: Annotated[str, typer.Option("--by", help="Who replays it (kept in the run's events).")] = "cli",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Queue a dead-lettered run again after the fix; a worker resumes it from its last recorded step
+    with fresh attempts (nothing recorded is redone)."""
+    settings = _settings(config, db=db)
+
+    async def go() -> tuple[Run, bool]:
+        async with Runtime(settings.db) as runtime:
+            return await runtime.replay(run_id, by=by)
+
+    result, applied = _run_async(go)
+    if not applied:
+        raise _err(
+            f"run {result.id} is {result.status}, not dead-lettered: only dead letters can be replayed"
+        )
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "replayed": True}))
+    else:
+        _console().print(f"run {result.id} is queued again; a worker resumes it from its last recorded step")

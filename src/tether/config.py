@@ -27,7 +27,7 @@ from tether.runtime.guards import ToolGuards
 
 DEFAULT_CONFIG_FILE = "tether.toml"
 ENV_PREFIX = "TETHER_"
-SCALAR_FIELDS = ("db", "redis", "lease_s", "concurrency", "model")
+SCALAR_FIELDS = ("db", "redis", "lease_s", "concurrency", "model", "max_attempts")
 
 
 class _Section(BaseModel):
@@ -88,6 +88,7 @@ class Settings(_Section):
     redis: str | None = Field(default=None, description="Redis URL sharing breakers and limits")
     lease_s: float = Field(default=30.0, gt=0, description="worker lease length in seconds")
     concurrency: int = Field(default=4, ge=1, description="runs a worker drives at once")
+    max_attempts: int = Field(default=3, ge=1, description="failed attempts in a row before dead-lettering")
     model: str | None = Field(default=None, description="default model spec or route for runs")
     routes: dict[str, list[str]] = Field(default_factory=dict, description="route name -> model chain")
     rules: list[RoutingRuleSettings] = Field(default_factory=list)
@@ -209,7 +210,12 @@ async def open_runtime(settings: Settings, *, agents: Sequence[Agent] = ()) -> A
     wiring = build_wiring(settings)
     try:
         async with Runtime(
-            settings.db, agents=agents, gateway=wiring.gateway, guards=wiring.guards, lease_s=settings.lease_s
+            settings.db,
+            agents=agents,
+            gateway=wiring.gateway,
+            guards=wiring.guards,
+            lease_s=settings.lease_s,
+            max_attempts=settings.max_attempts,
         ) as runtime:
             yield runtime
     finally:

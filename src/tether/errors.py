@@ -17,6 +17,7 @@
     │   ├── CircuitOpenError            the breaker of a model or tool is open
     │   ├── RateLimitExceededError      a token bucket is empty beyond the allowed wait
     │   └── BulkheadFullError           a concurrency pool is full beyond the allowed wait
+    ├── BudgetExceededError         a call would pass a budget; nothing ran   -> stop, escalate
     ├── ToolError                   a tool call could not produce a result
     │   ├── ToolNotFoundError           the model named a tool the agent lacks
     │   ├── ToolArgumentsError          the arguments do not match the schema
@@ -149,6 +150,42 @@ class RateLimitExceededError(UnavailableError):
 
 class BulkheadFullError(UnavailableError):
     pass
+
+
+class BudgetExceededError(TetherError):
+    """A call would pass a budget limit (tokens, cost, tool calls, mutations, a custom counter).
+
+    Nothing was reserved and the action must not run. Deliberately not an UnavailableError: those
+    tell the model "try later, or without this tool", while a budget breach stops the action and goes
+    to a person (UNAVAILABLE is one of the classes the run loop escalates on). `scope` is the level
+    that refused ("run", "session", "principal-day", "tenant-day", "principal-hour"); `retry_in_s`
+    is when that window resets, None for runs and sessions, which never reset.
+    """
+
+    error_class = ErrorClass.UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: str,
+        scope_key: str,
+        counter: str,
+        limit: float,
+        used: float,
+        reserved: float,
+        requested: float,
+        retry_in_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.scope_key = scope_key
+        self.counter = counter
+        self.limit = limit
+        self.used = used
+        self.reserved = reserved
+        self.requested = requested
+        self.retry_in_s = retry_in_s
 
 
 class ToolError(TetherError):

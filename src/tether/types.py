@@ -200,6 +200,7 @@ class EventKind(enum.StrEnum):
     RUN_ESCALATED = "run.escalated"
     OUTPUT_INVALID = "output.invalid"
     GATE_DECISION = "gate.decision"
+    RECOVERY_ALTERNATIVE = "recovery.alternative"
     COMPENSATION_STARTED = "compensation.started"
     COMPENSATION_RAN = "compensation.ran"
     TOOL_RESET = "tool.reset"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -100,3 +101,28 @@ pay_agent = Agent(
     "crash-pay", model=FunctionModel(pay_brain, name="crash-brain"), tools=[lookup_order, charge_card]
 )
 email_agent = Agent("crash-email", model=FunctionModel(email_brain, name="crash-brain"), tools=[send_email])
+
+
+@tool(side_effect="read", timeout_s=60)
+async def render_invoice(order_id: str) -> str:
+    """Render an invoice with a library that takes the whole process down, until POISON_FIXED=1."""
+    log("calls.log", f"render_invoice {order_id}")
+    if os.environ.get("POISON_FIXED") != "1":
+        os.kill(os.getpid(), signal.SIGKILL)  # a segfault or the OOM killer: no exception, no cleanup
+    return "invoice A-1: 30 USD"
+
+
+async def poison_brain(request: ModelRequest) -> ModelResponse:
+    log("model.log", f"poison turn={request.turn}")
+    if request.turn == 0:
+        return _call(0, "lookup_order", order_id="A-1")
+    if request.turn == 1:
+        return _call(1, "render_invoice", order_id="A-1")
+    return ModelResponse(content="invoice sent for A-1", model="crash-brain")
+
+
+poison_agent = Agent(
+    "crash-poison",
+    model=FunctionModel(poison_brain, name="crash-brain"),
+    tools=[lookup_order, render_invoice],
+)

@@ -237,3 +237,53 @@ async def test_answer_given_while_no_worker_lives_resumes_the_run_exactly_once(c
     assert kinds.count("escalation.applied") == 1
     assert kinds.count("run.completed") == 1
     assert crash.lines("emails.log") == ["customer@example.com"]  # the person said it happened: not re-sent
+
+
+async def test_poison_run_is_dead_lettered_after_three_attempts_and_replayed_after_the_fix(
+    crash: Crash, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker-killing tool: 3 attempts, no 4th, dead-lettered; replayed after the fix, nothing is redone."""
+    run_id = await start(crash, "poison_agent")
+    deaths = 0
+    while deaths < 5:  # workers restarted, as a supervisor would
+        worker = crash.worker()
+        output, _ = worker.communicate(timeout=60)
+        if worker.returncode != -signal.SIGKILL:
+            break
+        deaths += 1
+    assert (worker.returncode, deaths) == (0, 3), output
+    status, kinds, attempts = await final_state(crash, run_id)
+    assert (status, attempts) == (RunStatus.DEAD_LETTERED, 3)
+    assert crash.lines("calls.log") == ["lookup_order A-1"] + ["render_invoice A-1"] * 3
+    assert crash.lines("model.log") == ["poison turn=0", "poison turn=1"]
+    assert kinds.count("run.resumed") == 2
+    assert kinds[-1] == "run.dead_lettered"
+
+    listing = json.loads(cli(crash, "dlq", "list", "--json"))
+    assert listing["depth"] == 1
+    assert [(r["run_id"], r["attempts"]) for r in listing["dead_letters"]] == [(run_id, 3)]
+    assert "stopped renewing the lease" in listing["dead_letters"][0]["error"]
+    shown = json.loads(cli(crash, "dlq", "show", run_id, "--json"))
+    assert shown["unfinished_calls"] == [
+        {
+            "turn": 1,
+            "index": 0,
+            "tool": "render_invoice",
+            "arguments": {"order_id": "A-1"},
+            "intent_recorded": False,
+        }
+    ]
+    assert [(o["tool"], o["outcome"]) for o in shown["tool_outputs"]] == [("lookup_order", "succeeded")]
+    [parked] = [a for a in shown["attempts"] if a["kind"] == "run.dead_lettered"]
+    assert (parked["attempts"], parked["failed_attempts"], parked["reason"]) == (3, 3, "max_attempts")
+
+    monkeypatch.setenv("POISON_FIXED", "1")  # the fix, deployed to the workers
+    replayed = json.loads(cli(crash, "dlq", "replay", run_id, "--by", "oncall", "--json"))
+    assert (replayed["status"], replayed["attempts"]) == ("queued", 0)
+    recover(crash)
+    status, kinds, attempts = await final_state(crash, run_id)
+    assert (status, attempts) == (RunStatus.SUCCEEDED, 1)
+    assert crash.lines("calls.log") == ["lookup_order A-1"] + ["render_invoice A-1"] * 4
+    assert crash.lines("model.log") == ["poison turn=0", "poison turn=1", "poison turn=2"]
+    assert kinds.count("run.replayed") == kinds.count("run.completed") == 1
+    assert json.loads(cli(crash, "dlq", "list", "--json")) == {"depth": 0, "dead_letters": []}

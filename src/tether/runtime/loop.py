@@ -77,6 +77,7 @@ class RunLoop(HumanSteps, SagaSteps):
         events: list[RunEvent],
         sinks: Sequence[EventSink] = (),
         guards: ToolGuards | None = None,
+        recovery_model: Model | None = None,
     ) -> None:
         self.store = store
         self.agent = agent
@@ -86,6 +87,7 @@ class RunLoop(HumanSteps, SagaSteps):
         self.state = RunState.fold(run.id, events)
         self.sinks = sinks
         self.guards = guards or ToolGuards()
+        self.recovery_model = recovery_model
         self._last_request: ModelRequest | None = None  # for the verifier hook of the gate
         self._append_lock = asyncio.Lock()
         instructions = agent.instructions
@@ -154,6 +156,8 @@ class RunLoop(HumanSteps, SagaSteps):
             if self._over_budget():
                 return await self._wall_clock_exhausted()
             if state.turns >= self.agent.max_steps * (1 + state.grants):
+                if await self._try_alternative("step_limit"):
+                    continue
                 return await self._escalate(
                     "step_limit",
                     f"The run used all {state.turns} steps it was allowed without an answer; "
@@ -163,13 +167,19 @@ class RunLoop(HumanSteps, SagaSteps):
             if status is not None:
                 return status
 
+    @property
+    def _model_name(self) -> str:
+        if self.state.recovered and self.recovery_model is not None:
+            return self.recovery_model.name
+        return self.model.name
+
     async def _call_model(self) -> RunStatus | None:
         state = self.state
         turn = state.turns
         await self._append(
             EventDraft(
                 EventKind.MODEL_REQUEST,
-                {"turn": turn, "model": self.model.name, "messages": len(state.messages)},
+                {"turn": turn, "model": self._model_name, "messages": len(state.messages)},
             )
         )
         request = ModelRequest(
@@ -184,7 +194,8 @@ class RunLoop(HumanSteps, SagaSteps):
         started = time.perf_counter()
         try:
             await self.guards.admit_model_call(self.run.principal)
-            response = await self.model.request(request)
+            model = self.recovery_model if state.recovered and self.recovery_model else self.model
+            response = await model.request(request)
         except Exception as exc:
             return await self._model_failed(exc, turn)
         data = response.to_dict()
@@ -251,6 +262,8 @@ class RunLoop(HumanSteps, SagaSteps):
                     {"tool": call.name, "arguments": call.arguments, "index": index},
                 )
         if not state.pending_calls and state.invalid_turns >= self.agent.max_invalid_tool_turns:
+            if await self._try_alternative("invalid_tool_calls"):
+                return None
             return await self._escalate(
                 "invalid_tool_calls",
                 f"The model made invalid tool calls {state.invalid_turns} turns in a row.",
@@ -341,7 +354,7 @@ class RunLoop(HumanSteps, SagaSteps):
                 f"{'.'.join(str(p) for p in err['loc']) or 'answer'}: {err['msg']}"
                 for err in exc.errors(include_url=False)
             )[:1000]
-        if self.state.output_rejections >= 1:
+        if self.state.output_rejections >= 1 and not await self._try_alternative("invalid_output"):
             status = await self._escalate(
                 "invalid_output",
                 f"The final answer still does not match {self.agent.output_type.__name__} after one "
@@ -349,6 +362,8 @@ class RunLoop(HumanSteps, SagaSteps):
                 {"answer": answer[:2000], "errors": problems},
             )
             return None, status
+        if self.state.output_rejections >= 1:
+            return None, None  # the alternative model answers next
         correction = (
             f"Your answer does not match the required schema ({problems}). Reply again with only a "
             "JSON object matching the schema."
@@ -366,6 +381,14 @@ class RunLoop(HumanSteps, SagaSteps):
         result.update(ok=True, outcome="succeeded", content=cached, cached=True, duration_ms=0.0)
         hit = EventDraft(EventKind.CACHE_HIT, {"layer": "tool", "tool": tool.name, "turn": result["turn"]})
         await self._append(hit, EventDraft(EventKind.TOOL_RESULT, result))
+        return True
+
+    async def _try_alternative(self, reason: str) -> bool:
+        """The second recovery tier: switch once to the agent's alternative model before a person."""
+        if self.recovery_model is None or self.state.recovered:
+            return False
+        data = {"reason": reason, "model": self.recovery_model.name, "turn": self.state.turns}
+        await self._append(EventDraft(EventKind.RECOVERY_ALTERNATIVE, data))
         return True
 
     def _over_budget(self) -> bool:

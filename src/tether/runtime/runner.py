@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,6 +21,7 @@ from tether.errors import ConfigurationError, InvalidAnswerError, LeaseLostError
 from tether.gateway import Gateway
 from tether.models import model_from_spec
 from tether.models.base import Model
+from tether.runtime.deadletters import DeadLetter
 from tether.runtime.guards import ToolGuards
 from tether.runtime.loop import EventSink, RunLoop
 from tether.store import store_from_url
@@ -29,6 +31,8 @@ from tether.types import EventKind, JsonDict, Run, RunEvent, RunStatus
 logger = logging.getLogger("tether.runtime")
 
 DEFAULT_LEASE_S = 30.0
+# Attempts in a row that may fail (none recording a result) before a run is dead-lettered.
+DEFAULT_MAX_ATTEMPTS = 3
 EXPIRY_CHECK_S = 5.0  # how often a worker answers expired questions (approvals time out as denied)
 
 
@@ -79,9 +83,12 @@ class Runtime:
         lease_s: float = DEFAULT_LEASE_S,
         event_sinks: Sequence[EventSink] = (),
         worker_id: str | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         if lease_s <= 0:
             raise ConfigurationError(f"lease_s must be > 0, not {lease_s}")
+        if max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be >= 1, not {max_attempts}")
         self.store: RunStore = store_from_url(store) if isinstance(store, str) else store
         self._owns_store = isinstance(store, str)
         self._agents: dict[str, Agent] = {}
@@ -95,6 +102,7 @@ class Runtime:
             breakers=self.gateway.breakers, rate_limiter=self.gateway.rate_limiter
         )
         self.lease_s = lease_s
+        self.max_attempts = max_attempts
         self.event_sinks = list(event_sinks)
         self.worker_id = worker_id or new_worker_id()
 
@@ -170,11 +178,26 @@ class Runtime:
         return await self.execute(run.id)
 
     async def execute(self, run_id: str) -> Run:
-        """Claim `run_id` and drive it here. If another live worker holds it, just report it."""
-        run = await self.store.claim_run(self.worker_id, self.lease_s, run_id=run_id)
-        if run is None:
-            return await self.store.get_run(run_id)
-        return await self.drive(run, self.worker_id)
+        """Claim `run_id` and drive it here until it ends or waits for a person; an attempt that failed
+        is followed by another, until `max_attempts` failed in a row and the run is dead-lettered.
+        If another live worker holds it, just report it."""
+        while True:
+            run = await self._claim(self.worker_id, self.max_attempts, run_id=run_id)
+            if run is None:
+                return await self.store.get_run(run_id)
+            if run.status == RunStatus.DEAD_LETTERED:
+                return run
+            run = await self.drive(run, self.worker_id)
+            if run.status != RunStatus.QUEUED:  # queued again: that attempt failed
+                return run
+
+    async def _claim(self, owner: str, max_attempts: int, *, run_id: str | None = None) -> Run | None:
+        """Lease a run; one whose attempts are used up comes back dead-lettered instead (not leased)."""
+        run = await self.store.claim_run(owner, self.lease_s, run_id=run_id, max_attempts=max_attempts)
+        if run is not None and run.status == RunStatus.DEAD_LETTERED:
+            logger.warning("run %s dead-lettered: %s", run.id, run.error)
+            self._emit((await self.store.load_events(run.id))[-1:])
+        return run
 
     resume = execute
 
@@ -238,6 +261,25 @@ class Runtime:
             await self.answer(escalation.id, choice, text=text, by="expiry")
         return len(expired)
 
+    async def dead_letters(self, *, limit: int = 100) -> list[Run]:
+        """Runs parked after `max_attempts` attempts failed in a row, newest first."""
+        return await self.store.list_runs(status=RunStatus.DEAD_LETTERED, limit=limit)
+
+    async def dead_letter(self, run_id: str) -> DeadLetter:
+        """A run laid out for triage: attempts, decisions, tool outputs, calls left without a result."""
+        run = await self.store.get_run(run_id)
+        return DeadLetter.from_events(run, await self.store.load_events(run_id))
+
+    async def replay(self, run_id: str, *, by: str = "operator") -> tuple[Run, bool]:
+        """Queue a dead-lettered run again (after the fix) with fresh attempts; a worker or `execute`
+        resumes it from its last recorded step. A run that is not dead-lettered is left as it is and
+        `applied` is False."""
+        before = await self.store.get_run(run_id)
+        run, applied = await self.store.replay(run_id, by)
+        if applied:
+            self._emit(await self.store.load_events(run_id, after_seq=before.event_count - 1))
+        return run, applied
+
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
         before = await self.store.get_run(run_id)
         run = await self.store.cancel(run_id, reason)
@@ -269,9 +311,9 @@ class Runtime:
             "register it with Runtime(agents=[...]) or start runs with a module:attribute target"
         )
 
-    def model_for(self, agent: Agent, spec: str | None = None) -> Model:
+    def model_for(self, agent: Agent, spec: str | None = None, *, recovery: bool = False) -> Model:
         """The model a run of `agent` uses: `spec` (a route or model spec) or the agent's own."""
-        chosen = spec if spec is not None else agent.model
+        chosen = spec if spec is not None else (agent.recovery_model if recovery else agent.model)
         if chosen is None:
             raise ConfigurationError(
                 f"agent {agent.name!r} has no model; set Agent(model=...) or pass --model"
@@ -296,6 +338,9 @@ class Runtime:
             events=events,
             sinks=self.event_sinks,
             guards=self.guards,
+            recovery_model=None
+            if agent.recovery_model is None
+            else self.model_for(agent, None, recovery=True),
         )
         task = asyncio.create_task(loop.execute(), name=f"tether-run-{run.id}")
         heartbeat = asyncio.create_task(self._heartbeat(run.id, owner, task))
@@ -308,9 +353,9 @@ class Runtime:
                 raise
             logger.warning("run %s: lease lost; stopped work on it", run.id)
         except Exception as exc:
-            # A bug, not an agent error: record it so the run is not left running unnoticed.
-            logger.exception("run %s crashed", run.id)
-            await self._fail(run, owner, loop.state.next_seq, exc)
+            # A bug or an outage, not an agent error (the loop ends those itself): this attempt failed.
+            logger.exception("run %s crashed in attempt %d", run.id, run.attempts)
+            await self._attempt_failed(run, owner, loop.state.next_seq, exc)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -324,6 +369,27 @@ class Runtime:
             if not await self.store.heartbeat(run_id, owner, self.lease_s):
                 task.cancel()
                 return
+
+    async def _attempt_failed(self, run: Run, owner: str, seq: int, error: BaseException) -> None:
+        """Record the exception and queue the run for another attempt; once `max_attempts` failed in
+        a row, the claim that would start the next one dead-letters the run instead."""
+        data: JsonDict = {
+            "attempt": run.attempts,
+            "worker": owner,
+            "error": type(error).__name__,
+            "message": str(error),
+            "traceback": "".join(traceback.format_exception(error))[-4000:],
+        }
+        with contextlib.suppress(LeaseLostError):
+            event = await self.store.finish(
+                run.id,
+                owner,
+                seq,
+                RunStatus.QUEUED,
+                EventDraft(EventKind.RUN_ATTEMPT_FAILED, data),
+                error=f"{type(error).__name__}: {error}",
+            )
+            self._emit([event])
 
     async def _fail(self, run: Run, owner: str, seq: int, error: BaseException) -> None:
         with contextlib.suppress(LeaseLostError):
@@ -345,16 +411,28 @@ class Runtime:
 class WorkerStats:
     claimed: int = 0
     finished: int = 0
+    dead_lettered: int = 0  # claims that found a run's attempts used up and parked it instead
 
 
 class Worker:
-    """Claims queued runs and runs whose lease expired, up to `concurrency` at a time."""
+    """Claims queued runs and runs whose lease expired, up to `concurrency` at a time; a run whose last
+    `max_attempts` (default: the runtime's) attempts failed in a row is dead-lettered by the claim."""
 
-    def __init__(self, runtime: Runtime, *, concurrency: int = 4, poll_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        concurrency: int = 4,
+        poll_s: float = 0.2,
+        max_attempts: int | None = None,
+    ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, not {concurrency}")
+        if max_attempts is not None and max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be >= 1, not {max_attempts}")
         self.runtime = runtime
         self.concurrency = concurrency
+        self.max_attempts = runtime.max_attempts if max_attempts is None else max_attempts
         self.poll_s = poll_s
         self.stats = WorkerStats()
 
@@ -367,7 +445,10 @@ class Worker:
         try:
             while not stop.is_set():
                 if len(active) < self.concurrency:
-                    run = await store.claim_run(owner, self.runtime.lease_s)
+                    run = await self.runtime._claim(owner, self.max_attempts)
+                    if run is not None and run.status == RunStatus.DEAD_LETTERED:
+                        self.stats.dead_lettered += 1
+                        continue
                     if run is not None:
                         self.stats.claimed += 1
                         task = asyncio.create_task(self.runtime.drive(run, owner))

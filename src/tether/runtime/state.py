@@ -43,6 +43,7 @@ class RunState:
     succeeded_writes: list[JsonDict] = field(default_factory=list)
     compensating: JsonDict | None = None
     compensated: set[str] = field(default_factory=set)
+    recovered: bool = False  # the alternative model took over (the second recovery tier)
     gate_turn: int = -1  # the turn count the confidence gate last decided (or was cleared) for
     output_rejections: int = 0  # final answers that failed the agent's output schema
     _answer_rejected: bool = False
@@ -145,6 +146,11 @@ class RunState:
             self.compensating = data
         elif kind == EventKind.COMPENSATION_RAN and data.get("ok"):
             self.compensated.add(data["idempotency_key"])
+        elif kind == EventKind.RECOVERY_ALTERNATIVE:
+            self.recovered = True
+            self.invalid_turns = 0
+            self.grants += 1  # the alternative gets its own steps and time
+            self._answer_rejected = True  # whatever the last answer was, the alternative answers anew
         elif kind == EventKind.GATE_DECISION:
             self.gate_turn = self.turns
         elif kind == EventKind.OUTPUT_INVALID:

@@ -122,9 +122,10 @@ class RunStore(Protocol):
     ) -> Run | None:
         """Lease the oldest queued run, or a running run whose lease expired, or `run_id` if claimable.
 
-        A claim counts an attempt. With `max_attempts`, a claimable run that already had that many is
-        moved to `dead_lettered` instead, with a `run.dead_lettered` event, in the same transaction, and
-        returned so (no lease): no worker ever starts attempt `max_attempts + 1`."""
+        A claim counts an attempt. With `max_attempts`, a claimable run whose last `max_attempts`
+        attempts failed in a row (none recorded a result after the last one; see
+        `sql.failed_attempts`) is moved to `dead_lettered` instead, with a `run.dead_lettered` event, in
+        the same transaction, and returned so (no lease): no worker starts another attempt."""
         ...
 
     async def heartbeat(self, run_id: str, owner: str, lease_s: float) -> bool:
@@ -180,8 +181,6 @@ class RunStore(Protocol):
         self, escalation_id: str, answer: JsonDict, by: str
     ) -> tuple[Escalation, bool]:
         """Record the answer, append `escalation.answered` and queue the run, atomically.
-
-        The run's attempts restart from 0: parking for a person is not a failed attempt.
 
         Returns (escalation, applied): a second answer is not applied (applied=False)."""
         ...

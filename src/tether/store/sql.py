@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tether.store.base import Escalation, Operation
-from tether.types import JsonDict, Run, RunStatus, Usage
+from tether.types import EventKind, JsonDict, Run, RunStatus, Usage
 
 SCHEMA_VERSION = 2
 
@@ -171,11 +171,59 @@ def escalation_from_row(row: Sequence[Any]) -> Escalation:
     )
 
 
+# Events that record a result: an attempt that wrote one got somewhere (`failed_attempts`).
+PROGRESS_KINDS = (
+    EventKind.MODEL_RESPONSE.value,
+    EventKind.TOOL_RESULT.value,
+    EventKind.TOOL_RESET.value,
+    EventKind.ESCALATION_APPLIED.value,
+    EventKind.OUTPUT_INVALID.value,
+    EventKind.GATE_DECISION.value,
+    EventKind.RECOVERY_ALTERNATIVE.value,
+    EventKind.COMPENSATION_RAN.value,
+)
+# What `failed_attempts` reads: progress, attempt starts, clean parks for a person, replays.
+ATTEMPT_MARKER_KINDS = (
+    *PROGRESS_KINDS,
+    EventKind.RUN_RESUMED.value,
+    EventKind.ESCALATION_OPENED.value,
+    EventKind.RUN_REPLAYED.value,
+)
+
+
+def failed_attempts(attempts: int, markers: Sequence[tuple[str, str]]) -> int:
+    """How many of the run's `attempts` (claims since it started or was replayed) failed in a row:
+    the attempts since the one that recorded its last result, that one included (it died after it).
+
+    `markers` are the run's (kind, data) events of ATTEMPT_MARKER_KINDS in seq order. Attempt n > 1
+    opens with `run.resumed {attempt: n}` (the loop writes it); attempt 1 writes none. An attempt
+    that parks the run for a person ended cleanly, and a replay starts the count again. A worker
+    that dies before it writes anything still used up an attempt: the claims count it."""
+    current = 0  # the attempt whose events are being read (0: none since the start or the replay)
+    counted_from = 0  # attempts up to this one are not held against the run
+    for kind, data in markers:
+        if kind == EventKind.RUN_REPLAYED:
+            current = counted_from = 0
+        elif kind == EventKind.RUN_RESUMED:
+            current = int(json.loads(data).get("attempt", current + 1))
+        elif kind == EventKind.ESCALATION_OPENED:
+            counted_from = max(current, 1)
+        else:
+            counted_from = max(current, 1) - 1
+    return max(attempts - counted_from, 0)
+
+
 def dead_letter_verdict(
-    attempts: int, max_attempts: int, status: str, lease_owner: str | None, error: str | None
+    attempts: int,
+    failed: int,
+    max_attempts: int,
+    *,
+    status: str,
+    lease_owner: str | None,
+    error: str | None,
 ) -> tuple[JsonDict, str]:
-    """The `run.dead_lettered` event data and the run's error, for a claim that found the run's attempts
-    used up. A run still `running` lost its last worker silently (killed, out of memory, stalled); a
+    """The `run.dead_lettered` event data and the run's error, for a claim that found `failed` attempts
+    in a row. A run still `running` lost its last worker silently (killed, out of memory, stalled); a
     `queued` one was given back after an exception, whose text is the run's error."""
     if status == RunStatus.RUNNING.value:
         worker = f"worker {lease_owner}" if lease_owner else "its worker"
@@ -184,8 +232,13 @@ def dead_letter_verdict(
         )
     else:
         last_error = error
-    data: JsonDict = {"attempts": attempts, "max_attempts": max_attempts, "reason": "max_attempts"}
+    data: JsonDict = {
+        "attempts": attempts,
+        "failed_attempts": failed,
+        "max_attempts": max_attempts,
+        "reason": "max_attempts",
+    }
     if last_error:
         data["last_error"] = last_error
-    message = f"dead-lettered after {attempts} attempts"
+    message = f"dead-lettered after {failed} failed attempts in a row"
     return data, f"{message}; last error: {last_error}" if last_error else message

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tether.errors import (
     ConfigurationError,
@@ -20,6 +20,7 @@ from tether.errors import (
 )
 from tether.store.base import Escalation, EventDraft, NewEscalation, NewRun, Operation, OperationWrite
 from tether.store.sql import (
+    ATTEMPT_MARKER_KINDS,
     ESCALATION_COLUMNS,
     OPERATION_COLUMNS,
     RUN_COLUMNS,
@@ -28,6 +29,7 @@ from tether.store.sql import (
     dead_letter_verdict,
     dumps,
     escalation_from_row,
+    failed_attempts,
     operation_from_row,
     run_from_row,
     schema_statements,
@@ -220,14 +222,16 @@ class SqliteRunStore:
                 ).fetchone()
             else:
                 target = db.execute(
-                    "SELECT id, attempts, status, lease_owner, error FROM runs "
-                    f"WHERE id = ? AND {claimable}",
+                    f"SELECT id, attempts, status, lease_owner, error FROM runs WHERE id = ? AND {claimable}",
                     (run_id, now),
                 ).fetchone()
             if target is None:
                 return None
-            if max_attempts is not None and target[1] >= max_attempts:
-                row = self._dead_letter(db, max_attempts, now, *target)
+            failed = 0
+            if max_attempts is not None and target[1] >= max_attempts:  # failed <= attempts
+                failed = self._failed_attempts(db, target[0], target[1])
+            if max_attempts is not None and failed >= max_attempts:
+                row = self._dead_letter(db, target, failed, max_attempts, now)
             else:
                 row = db.execute(
                     "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at_epoch_ms = ?, "
@@ -467,7 +471,7 @@ class SqliteRunStore:
                     (run_id, next_seq, EventKind.ESCALATION_ANSWERED.value, now, dumps(data)),
                 )
                 db.execute(
-                    "UPDATE runs SET status = 'queued', attempts = 0, updated_at_epoch_ms = ? "
+                    "UPDATE runs SET status = 'queued', updated_at_epoch_ms = ? "
                     "WHERE id = ? AND status = 'waiting_human'",
                     (now, run_id),
                 )
@@ -526,28 +530,33 @@ class SqliteRunStore:
             counts[RunStatus(status)] = int(count)
         return counts
 
+    def _failed_attempts(self, db: sqlite3.Connection, run_id: str, attempts: int) -> int:
+        markers = db.execute(
+            "SELECT kind, data FROM run_events WHERE run_id = ? "
+            f"AND kind IN ({', '.join('?' * len(ATTEMPT_MARKER_KINDS))}) ORDER BY seq",
+            (run_id, *ATTEMPT_MARKER_KINDS),
+        ).fetchall()
+        return failed_attempts(attempts, markers)
+
     def _dead_letter(
-        self,
-        db: sqlite3.Connection,
-        max_attempts: int,
-        now: int,
-        run_id: str,
-        attempts: int,
-        status: str,
-        lease_owner: str | None,
-        error: str | None,
-    ) -> tuple[object, ...]:
+        self, db: sqlite3.Connection, target: Sequence[Any], failed: int, max_attempts: int, now: int
+    ) -> Sequence[Any]:
         """Park a claimable run whose attempts are used up, inside the claim's transaction; its row."""
-        data, message = dead_letter_verdict(attempts, max_attempts, status, lease_owner, error)
+        run_id, attempts, status, lease_owner, error = target
+        data, message = dead_letter_verdict(
+            attempts, failed, max_attempts, status=status, lease_owner=lease_owner, error=error
+        )
         self._append_unfenced(db, run_id, EventKind.RUN_DEAD_LETTERED, data, now)
-        row: tuple[object, ...] = db.execute(
+        row: Sequence[Any] = db.execute(
             "UPDATE runs SET status = 'dead_lettered', error = ?, lease_owner = NULL, "
             f"lease_expires_at_epoch_ms = NULL, updated_at_epoch_ms = ? WHERE id = ? RETURNING {RUN_COLUMNS}",
             (message, now, run_id),
         ).fetchone()
         return row
 
-    def _append_unfenced(self, db: sqlite3.Connection, run_id: str, kind: str, data: JsonDict, now: int) -> None:
+    def _append_unfenced(
+        self, db: sqlite3.Connection, run_id: str, kind: str, data: JsonDict, now: int
+    ) -> None:
         """Append one event to a run no worker holds (the caller's transaction makes sure of that)."""
         (next_seq,) = db.execute(
             "SELECT coalesce(max(seq), -1) + 1 FROM run_events WHERE run_id = ?", (run_id,)
