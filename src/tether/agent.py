@@ -10,6 +10,7 @@ import pydantic
 from tether.errors import ConfigurationError
 from tether.models.base import Model
 from tether.policy.gates import ConfidenceGate
+from tether.policy.limits import BudgetPolicy
 from tether.tools import Tool
 from tether.types import ModelRequest, ModelResponse
 
@@ -39,6 +40,7 @@ class Agent:
     max_steps: int = DEFAULT_MAX_STEPS
     max_invalid_tool_turns: int = 3
     max_wall_clock_s: float | None = DEFAULT_MAX_WALL_CLOCK_S
+    budget: BudgetPolicy | None = None  # None: the runtime's policy (DESIGN.md defaults)
     recovery_model: str | Model | None = None  # the alternative path tried once before a person
     gate: ConfidenceGate | None = None  # confidence thresholds; None: act on every answer
     verifier: Callable[[ModelRequest, ModelResponse], float] | None = (

@@ -7,7 +7,7 @@ import functools
 import inspect
 import json
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -87,6 +87,7 @@ class Tool:
         cache_ttl_s: float | None = None,
         approval: ApprovalRule | bool | Callable[[JsonDict], bool] = False,
         compensate: Callable[..., Any] | None = None,
+        counts: Mapping[str, float] | None = None,
     ) -> None:
         if side_effect not in SIDE_EFFECTS:
             raise ConfigurationError(
@@ -121,6 +122,8 @@ class Tool:
         if compensate is not None and side_effect != "write":
             raise ConfigurationError(f"tool {self.name!r}: only write tools have something to compensate")
         self.compensate = compensate  # the saga undo: called with the call's arguments (and ctx)
+        # Custom budget counters one call adds (e.g. {"emails": 1}), limited by BudgetPolicy custom limits.
+        self.counts: dict[str, float] = dict(counts or {})
         if isinstance(approval, ApprovalRule):
             self.approval: ApprovalRule | None = approval
         elif approval is True:
@@ -217,6 +220,7 @@ def tool(
     cache_ttl_s: float | None = None,
     approval: ApprovalRule | bool | Callable[[JsonDict], bool] = False,
     compensate: Callable[..., Any] | None = None,
+    counts: Mapping[str, float] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -236,6 +240,7 @@ def tool(
     cache_ttl_s: float | None = None,
     approval: ApprovalRule | bool | Callable[[JsonDict], bool] = False,
     compensate: Callable[..., Any] | None = None,
+    counts: Mapping[str, float] | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. Undeclared side effects default to `write`, not idempotent: the safe guess.
 
@@ -245,7 +250,8 @@ def tool(
     concurrency pool shared by the tools naming the same group), `cache_ttl_s` (read tools' results
     reused for identical arguments), `approval` (True, a predicate on the arguments, or an
     `ApprovalRule`: a person approves, denies or edits the call first), `compensate` (the undo
-    run when the run later fails for good). Every tool has its own circuit breaker.
+    run when the run later fails for good), `counts` (custom budget counters, e.g. {"emails": 1}).
+    Every tool has its own circuit breaker.
     """
 
     def wrap(fn: Callable[..., Any]) -> Tool:
@@ -263,6 +269,7 @@ def tool(
             cache_ttl_s=cache_ttl_s,
             approval=approval,
             compensate=compensate,
+            counts=counts,
         )
 
     return wrap(function) if function is not None else wrap

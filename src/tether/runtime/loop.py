@@ -19,6 +19,7 @@ import pydantic
 
 from tether.agent import Agent
 from tether.errors import (
+    BudgetExceededError,
     ErrorClass,
     TetherError,
     ToolArgumentsError,
@@ -28,6 +29,8 @@ from tether.errors import (
     classify,
 )
 from tether.models.base import Model
+from tether.policy.limits import Budget, Reservation
+from tether.runtime.budgets import BudgetSteps
 from tether.runtime.guards import ToolGuards
 from tether.runtime.humans import HumanSteps
 from tether.runtime.sagas import SagaSteps
@@ -63,7 +66,7 @@ ESCALATE_ON = frozenset(
 )
 
 
-class RunLoop(HumanSteps, SagaSteps):
+class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
     """Executes one run while holding its lease; every write is fenced by that lease."""
 
     def __init__(
@@ -78,6 +81,7 @@ class RunLoop(HumanSteps, SagaSteps):
         sinks: Sequence[EventSink] = (),
         guards: ToolGuards | None = None,
         recovery_model: Model | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.store = store
         self.agent = agent
@@ -88,6 +92,7 @@ class RunLoop(HumanSteps, SagaSteps):
         self.sinks = sinks
         self.guards = guards or ToolGuards()
         self.recovery_model = recovery_model
+        self.budget = budget
         self._last_request: ModelRequest | None = None  # for the verifier hook of the gate
         self._append_lock = asyncio.Lock()
         instructions = agent.instructions
@@ -131,10 +136,9 @@ class RunLoop(HumanSteps, SagaSteps):
                 # only cut them short into unknown outcomes. Hand over with the calls not started.
                 return await self._check_last_turn() or await self._wall_clock_exhausted()
             if pending:
-                status = await self._ask_approval(pending)
+                status = await self._ask_approval(pending) or await self._run_tool_calls(pending)
                 if status is not None:
                     return status
-                await self._run_tool_calls(pending)
             # Checked on every pass, not only right after the calls ran: a crash may fall between
             # the last tool.result and the escalation, and a resumed run must decide the same way.
             status = await self._check_last_turn()
@@ -191,18 +195,24 @@ class RunLoop(HumanSteps, SagaSteps):
             tags=self.agent.tags,
         )
         self._last_request = request
+        try:
+            reservation = await self._reserve_model_call(request)
+        except BudgetExceededError as exc:
+            return await self._budget_exceeded(exc)
         started = time.perf_counter()
         try:
             await self.guards.admit_model_call(self.run.principal)
             model = self.recovery_model if state.recovered and self.recovery_model else self.model
             response = await model.request(request)
-        except Exception as exc:
+        except Exception as exc:  # any model failure is recorded, classified and decided
+            await self._release(reservation)
             return await self._model_failed(exc, turn)
         data = response.to_dict()
         data["turn"] = turn
         data["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         notes = [EventDraft(kind, {**note, "turn": turn}) for kind, note in response.events]
         await self._append(*notes, EventDraft(EventKind.MODEL_RESPONSE, data), usage=response.usage)
+        await self._settle_model_call(reservation, response.usage)
         return None
 
     async def _model_failed(self, error: Exception, turn: int) -> RunStatus:
@@ -226,16 +236,32 @@ class RunLoop(HumanSteps, SagaSteps):
             )
         return await self._fail_with_compensation(detail, f"{type(error).__name__}: {error}")
 
-    async def _run_tool_calls(self, pending: list[tuple[int, ToolCall]]) -> None:
+    async def _run_tool_calls(self, pending: list[tuple[int, ToolCall]]) -> RunStatus | None:
         state = self.state
         for index, call in pending:
             tool = self.agent.tool(call.name)
             if state.crashed_during(index) and tool is not None and not tool.idempotent:
-                return  # outcome unknown: `_check_last_turn` hands the run to a person
+                return None  # outcome unknown: `_check_last_turn` hands the run to a person
+        # All of a turn's calls are reserved before any starts: over budget, none of them runs.
+        reservations: dict[int, Reservation | None] = {}
+        try:
+            for index, call in pending:
+                tool = self.agent.tool(call.name)
+                reservations[index] = None if tool is None else await self._reserve_tool_call(tool)
+        except BudgetExceededError as exc:
+            for reservation in reservations.values():
+                await self._release(reservation)
+            return await self._budget_exceeded(exc)
         if len(pending) == 1:
-            await self._run_tool_call(*pending[0])
+            await self._run_tool_call(*pending[0], reservation=reservations[pending[0][0]])
         else:
-            await asyncio.gather(*(self._run_tool_call(index, call) for index, call in pending))
+            await asyncio.gather(
+                *(
+                    self._run_tool_call(index, call, reservation=reservations[index])
+                    for index, call in pending
+                )
+            )
+        return None
 
     async def _check_last_turn(self) -> RunStatus | None:
         """Escalate when the last turn left an unknown outcome or the model keeps calling badly."""
@@ -270,23 +296,37 @@ class RunLoop(HumanSteps, SagaSteps):
             )
         return None
 
-    async def _run_tool_call(self, index: int, call: ToolCall) -> None:
+    async def _run_tool_call(
+        self, index: int, call: ToolCall, *, reservation: Reservation | None = None
+    ) -> None:
+        """Run one call and settle its budget: charged if it ran, given back if it did not."""
+        try:
+            ran = await self._run_one_tool_call(index, call)
+        except BaseException:
+            await self._release(reservation)
+            raise
+        if ran and reservation is not None:
+            await self._settle(reservation, reservation.amounts)
+        else:
+            await self._release(reservation)
+
+    async def _run_one_tool_call(self, index: int, call: ToolCall) -> bool:
         turn = self.state.turns - 1
         base: JsonDict = {"turn": turn, "index": index, "call_id": call.id, "tool": call.name}
         tool = self.agent.tool(call.name)
         if tool is None:
             error: ToolError = unknown_tool_error(call.name, self.agent.tool_names)
             await self._record_invalid(base, error)
-            return
+            return False
         decided = await self._apply_decision(index, call, base)
         if decided is None:
-            return
+            return False
         call = decided
         try:
             arguments = tool.validate(call.arguments, call.raw_arguments)
         except ToolArgumentsError as exc:
             await self._record_invalid(base, exc)
-            return
+            return False
         key = f"{self.run.id}:{turn}:{index}"
         prior = self.state.intents.get(index)
         attempt = prior["attempt"] + 1 if prior else 1
@@ -302,7 +342,7 @@ class RunLoop(HumanSteps, SagaSteps):
         result: JsonDict = {**base, "attempt": attempt}
         value: Any = None
         if await self._answer_from_cache(tool, call, result):
-            return
+            return False
         started = time.perf_counter()
         try:
             await self.guards.admit(tool)
@@ -339,6 +379,7 @@ class RunLoop(HumanSteps, SagaSteps):
             operations = (OperationWrite(key, self.run.id, tool.name, outcome, result=stored),)
         drafts = [EventDraft(kind, {**data, "turn": turn}) for kind, data in notes]
         await self._append(*drafts, EventDraft(EventKind.TOOL_RESULT, result), operations=operations)
+        return result.get("error") != "unavailable"
 
     async def _check_output(self, answer: str) -> tuple[str | None, RunStatus | None]:
         """Validate a final answer against the agent's output type: (normalised JSON, None) when it

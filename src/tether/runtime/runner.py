@@ -21,6 +21,8 @@ from tether.errors import ConfigurationError, InvalidAnswerError, LeaseLostError
 from tether.gateway import Gateway
 from tether.models import model_from_spec
 from tether.models.base import Model
+from tether.policy.budget_stores import BudgetBackend, InMemoryBudgetBackend, SqliteBudgetBackend
+from tether.policy.limits import Budget, BudgetPolicy
 from tether.runtime.deadletters import DeadLetter
 from tether.runtime.guards import ToolGuards
 from tether.runtime.loop import EventSink, RunLoop
@@ -84,6 +86,8 @@ class Runtime:
         event_sinks: Sequence[EventSink] = (),
         worker_id: str | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        budget_policy: BudgetPolicy | None = None,
+        budget_backend: BudgetBackend | None = None,
     ) -> None:
         if lease_s <= 0:
             raise ConfigurationError(f"lease_s must be > 0, not {lease_s}")
@@ -103,6 +107,15 @@ class Runtime:
         )
         self.lease_s = lease_s
         self.max_attempts = max_attempts
+        # Budgets hold across processes: by default their counters live in the run store's file.
+        self.budget_policy = budget_policy or BudgetPolicy()
+        if budget_backend is None:
+            path = getattr(self.store, "path", None)
+            budget_backend = SqliteBudgetBackend(path) if path else InMemoryBudgetBackend()
+            self._owned_budget_backend: SqliteBudgetBackend | InMemoryBudgetBackend | None = budget_backend
+        else:
+            self._owned_budget_backend = None
+        self.budget_backend = budget_backend
         self.event_sinks = list(event_sinks)
         self.worker_id = worker_id or new_worker_id()
 
@@ -124,6 +137,8 @@ class Runtime:
     async def aclose(self) -> None:
         if self._owns_gateway:
             await self.gateway.aclose()
+        if isinstance(self._owned_budget_backend, SqliteBudgetBackend):
+            await self._owned_budget_backend.close()
         if self._owns_store:
             await self.store.close()
 
@@ -341,6 +356,7 @@ class Runtime:
             recovery_model=None
             if agent.recovery_model is None
             else self.model_for(agent, None, recovery=True),
+            budget=Budget(agent.budget or self.budget_policy, self.budget_backend),
         )
         task = asyncio.create_task(loop.execute(), name=f"tether-run-{run.id}")
         heartbeat = asyncio.create_task(self._heartbeat(run.id, owner, task))

@@ -1,0 +1,102 @@
+"""Budgets in the loop: reserve before every model and tool call, settle after, hand over at the limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether import (
+    Agent,
+    FunctionModel,
+    ModelRequest,
+    ModelResponse,
+    RunStatus,
+    Runtime,
+    ToolCall,
+    Usage,
+    tool,
+)
+from tether.policy import Budget, BudgetPolicy, Limits, Scope
+
+
+def emailing(count: int) -> FunctionModel:
+    """A model that asks for `count` emails, one per turn, then answers."""
+
+    def respond(request: ModelRequest) -> ModelResponse:
+        if request.turn < count:
+            arguments = {"to": f"user{request.turn}@example.com"}
+            call = ToolCall(f"c{request.turn}", "send_email", arguments, json.dumps(arguments))
+            return ModelResponse(tool_calls=(call,), usage=Usage(100, 10, 0.001))
+        return ModelResponse(content="sent", usage=Usage(100, 10, 0.001))
+
+    return FunctionModel(respond, name="mailer")
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+        @tool(side_effect="write", idempotent=True, counts={"emails": 1})
+        def send_email(to: str) -> str:
+            """Send an email."""
+            self.sent.append(to)
+            return "ok"
+
+        self.tool = send_email
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> Any:
+    async with Runtime(f"sqlite:///{tmp_path / 'budget.db'}") as rt:
+        yield rt
+
+
+async def test_custom_counter_limit_stops_the_action_and_escalates(runtime: Runtime) -> None:
+    """With 2 emails allowed per run, the third is never sent; the run goes to a person, recorded why."""
+    outbox = Outbox()
+    policy = BudgetPolicy(
+        per_run=Limits(tokens=None, cost_usd=None, tool_calls=None, mutations=None, custom={"emails": 2})
+    )
+    agent = Agent("mail", model=emailing(5), tools=[outbox.tool], budget=policy)
+    run = await runtime.run(agent, "mail everyone")
+    assert run.status == RunStatus.WAITING_HUMAN
+    assert len(outbox.sent) == 2
+    events = await runtime.events(run.id)
+    [exceeded] = [e.data for e in events if e.kind == "budget.exceeded"]
+    assert exceeded["counter"] == "emails"
+    assert "budget.warning" in [e.kind for e in events]  # 2 of 2 crossed 80% first
+    [question] = await runtime.inbox()
+    assert question.reason == "budget"
+
+
+async def test_token_budget_counts_model_usage(runtime: Runtime) -> None:
+    """Model calls are settled with their actual tokens and cost; the run's usage is what was charged."""
+    outbox = Outbox()
+    run = await runtime.run(Agent("mail", model=emailing(1), tools=[outbox.tool]), "mail one")
+    assert run.status == RunStatus.SUCCEEDED
+    report = await Budget(runtime.budget_policy, runtime.budget_backend).usage(Scope(run_id=run.id))
+    used = {counter: value.used for counter, value in report["run"].items()}
+    assert used["tokens"] == pytest.approx(220)
+    assert used["cost_usd"] == pytest.approx(0.002)
+    assert used["tool_calls"] == 1
+    assert used["mutations"] == 1
+
+
+async def test_concurrent_runs_of_one_principal_never_overshoot_the_day(runtime: Runtime) -> None:
+    """Ten concurrent runs of one principal with a day budget of 5 emails send exactly 5."""
+    outbox = Outbox()
+    unlimited = Limits(tokens=None, cost_usd=None, tool_calls=None, mutations=None)
+    policy = BudgetPolicy(
+        per_run=unlimited,
+        per_session=unlimited,
+        per_principal_day=Limits(custom={"emails": 5}),
+        per_tenant_day=unlimited,
+    )
+    agent = Agent("mail", model=emailing(1), tools=[outbox.tool], budget=policy)
+    runs = await asyncio.gather(*(runtime.run(agent, f"mail {n}", principal="alice") for n in range(10)))
+    assert len(outbox.sent) == 5
+    assert sorted(r.status for r in runs).count(RunStatus.SUCCEEDED) == 5
