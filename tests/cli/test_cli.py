@@ -191,6 +191,8 @@ def test_demo_json_summary_is_the_last_line(tmp_path: Path) -> None:
     assert summary["fallbacks"] > 0
     assert summary["backup_requests"] > 0
     assert summary["cache_hits"] >= 1
+    assert summary["awaiting_approval"] >= 1  # refunds over $120 wait for a person
+    assert summary["waiting_human"] >= summary["awaiting_approval"]
 
 
 def test_run_over_http_with_the_openai_provider(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

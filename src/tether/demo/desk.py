@@ -93,7 +93,8 @@ def build_support_agent(orders_db: Path, model: str | Model | None = None) -> Ag
             return {"eligible": False, "reason": f"delivered {days} days ago; the window is 30 days"}
         return {"eligible": True, "max_refund_usd": total}
 
-    @tool(side_effect="write", idempotent=True, timeout_s=2.0)
+    # Refunds above $120 wait for a person in the inbox (`tether inbox list`).
+    @tool(side_effect="write", idempotent=True, timeout_s=2.0, approval=lambda a: a["amount_usd"] > 120)
     def issue_refund(order_id: str, amount_usd: float, ctx: ToolContext) -> dict[str, object]:
         """Refund an order. Uses the idempotency key, so a retried call never pays twice."""
         with connect() as db:

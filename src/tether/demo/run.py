@@ -31,6 +31,7 @@ LABELS = {
     "succeeded": "succeeded",
     "failed": "failed",
     "waiting_human": "waiting for a person",
+    "awaiting_approval": "  of which refunds over $120 awaiting approval",
     "lost": "lost (must be 0)",
     "refunds_issued": "refunds issued",
     "duplicate_refunds": "duplicate refunds (must be 0)",
@@ -44,6 +45,8 @@ LABELS = {
     "tool_cache_hits": "tool results served from the cache (no tool call)",
     "tool_retries": "flaky tool calls retried",
     "tool_failures_recovered": "tool failures the agent worked around",
+    "budget_warnings": "budget warnings (80% of a limit)",
+    "dead_lettered": "dead-lettered runs",
     "model_steps": "model steps",
     "cost_usd": "cost (USD, demo prices)",
     "elapsed_s": "elapsed seconds",
@@ -102,6 +105,8 @@ async def run_demo(db_url: str, runs: int, concurrency: int, *, quiet: bool = Fa
 
                 await asyncio.gather(*(drive(run_id) for run_id in run_ids))
             final = [await runtime.store.get_run(run_id) for run_id in run_ids]
+            wanted = set(run_ids)
+            approvals = sum(1 for q in await runtime.inbox() if q.reason == "approval" and q.run_id in wanted)
             kinds: Counter[str] = Counter()
             recovered = closed = tool_hits = 0
             for run in final:
@@ -133,6 +138,9 @@ async def run_demo(db_url: str, runs: int, concurrency: int, *, quiet: bool = Fa
         "tool_cache_hits": tool_hits,
         "tool_retries": kinds["tool.retry"],
         "tool_failures_recovered": recovered,
+        "budget_warnings": kinds["budget.warning"],
+        "dead_lettered": by_status[RunStatus.DEAD_LETTERED],
+        "awaiting_approval": approvals,
         "model_steps": kinds["model.response"],
         "cost_usd": round(sum(r.usage.cost_usd or 0.0 for r in final), 6),
         "elapsed_s": round(time.perf_counter() - started, 3),
@@ -142,7 +150,7 @@ async def run_demo(db_url: str, runs: int, concurrency: int, *, quiet: bool = Fa
     for key, label in LABELS.items():
         table.add_row(label, str(summary[key]))
     console.print(table)
-    console.print(
-        f"Inspect a run: tether runs list --db {db_url}  ·  tether runs events RUN_ID --db {db_url}"
-    )
+    console.print(f"Inspect a run: tether runs list --db {db_url}; tether runs events RUN_ID --db {db_url}")
+    if summary["awaiting_approval"]:
+        console.print(f"The refunds waiting for approval: tether inbox list --db {db_url}")
     return summary
