@@ -105,6 +105,10 @@ def run(
     model: Annotated[str | None, typer.Option(help="Model spec overriding the agent's.")] = None,
     db: DbOption = None,
     principal: Annotated[str | None, typer.Option(help="Who the run acts for.")] = None,
+    session: Annotated[
+        str | None, typer.Option(help="The conversation it belongs to (session budgets).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="The tenant (caches, budgets, accounting).")] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Starting the same key twice returns the same run.")
     ] = None,
@@ -127,6 +131,8 @@ def run(
                 "idempotency_key": idempotency_key,
                 "model": settings.model,
                 "target": target,
+                "session_id": session,
+                "tenant": tenant,
             }
             if no_wait:
                 return await runtime.start(agent, input, **kwargs)

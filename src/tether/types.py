@@ -255,10 +255,14 @@ class Run:
     lease_expires_at_epoch_ms: int | None = None
     usage: Usage = field(default_factory=Usage)
     event_count: int = 0
+    session_id: str | None = None
+    tenant: str | None = None
 
     def to_dict(self) -> JsonDict:
         return {
             "run_id": self.id,
+            "session_id": self.session_id,
+            "tenant": self.tenant,
             "agent": self.agent_name,
             "agent_version": self.agent_version,
             "status": str(self.status),

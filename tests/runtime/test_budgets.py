@@ -100,3 +100,45 @@ async def test_concurrent_runs_of_one_principal_never_overshoot_the_day(runtime:
     runs = await asyncio.gather(*(runtime.run(agent, f"mail {n}", principal="alice") for n in range(10)))
     assert len(outbox.sent) == 5
     assert sorted(r.status for r in runs).count(RunStatus.SUCCEEDED) == 5
+
+
+async def test_session_budget_spans_the_runs_of_one_conversation(runtime: Runtime) -> None:
+    """Runs of one session share its budget: the session's third email is refused in its second run."""
+    outbox = Outbox()
+    unlimited = Limits(tokens=None, cost_usd=None, tool_calls=None, mutations=None)
+    policy = BudgetPolicy(per_run=unlimited, per_session=Limits(custom={"emails": 2}))
+    agent = Agent("mail", model=emailing(2), tools=[outbox.tool], budget=policy)
+    first = await runtime.run(agent, "mail two", session_id="chat-1", tenant="acme")
+    second = await runtime.run(agent, "mail two more", session_id="chat-1", tenant="acme")
+    other = await runtime.run(agent, "mail two", session_id="chat-2", tenant="acme")
+    assert (first.status, second.status, other.status) == (
+        RunStatus.SUCCEEDED,
+        RunStatus.WAITING_HUMAN,
+        RunStatus.SUCCEEDED,
+    )
+    assert len(outbox.sent) == 4
+    assert (first.session_id, first.tenant) == ("chat-1", "acme")
+
+
+def test_older_databases_are_migrated_in_place(tmp_path: Path) -> None:
+    """A store written before sessions and tenants existed gains the columns and keeps its runs."""
+    import sqlite3
+
+    from tether.store.sql import schema_statements
+    from tether.store.sqlite import SqliteRunStore
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for statement in schema_statements("REAL"):
+            db.execute(statement)
+        db.execute("INSERT INTO tether_schema (version) VALUES (2)")
+        db.execute(
+            "INSERT INTO runs (id, agent_name, agent_version, status, input, created_at_epoch_ms, "
+            "updated_at_epoch_ms) VALUES ('run_old', 'a', '1', 'succeeded', 'hi', 1, 1)"
+        )
+    store = SqliteRunStore(path)
+    run = asyncio.run(store.get_run("run_old"))
+    asyncio.run(store.close())
+    assert (run.input, run.session_id, run.tenant) == ("hi", None, None)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM tether_schema").fetchone() == (3,)

@@ -44,7 +44,12 @@ class BudgetSteps:
         raise NotImplementedError
 
     def _scope(self) -> Scope:
-        return Scope(run_id=self.run.id, principal=self.run.principal)
+        return Scope(
+            run_id=self.run.id,
+            session_id=self.run.session_id,
+            principal=self.run.principal,
+            tenant=self.run.tenant,
+        )
 
     async def _reserve_model_call(self, request: ModelRequest) -> Reservation | None:
         """Hold tokens (prompt + expected answer) and cost (the last turn's, as the estimate)."""

@@ -192,6 +192,7 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
             run_id=self.run.id,
             turn=turn,
             principal=self.run.principal,
+            tenant=self.run.tenant,
             tags=self.agent.tags,
         )
         self._last_request = request

@@ -151,6 +151,8 @@ class Runtime:
         idempotency_key: str | None = None,
         model: str | None = None,
         target: str | None = None,
+        session_id: str | None = None,
+        tenant: str | None = None,
     ) -> Run:
         """Enqueue a run; starting the same idempotency key again returns the first run."""
         self.register(agent)
@@ -165,6 +167,8 @@ class Runtime:
                 input=input,
                 principal=principal,
                 idempotency_key=idempotency_key,
+                session_id=session_id,
+                tenant=tenant,
             )
         )
         if created:
@@ -180,6 +184,8 @@ class Runtime:
         idempotency_key: str | None = None,
         model: str | None = None,
         target: str | None = None,
+        session_id: str | None = None,
+        tenant: str | None = None,
     ) -> Run:
         """Start a run and execute it in this process; returns the run as it ended or paused."""
         run = await self.start(
@@ -189,6 +195,8 @@ class Runtime:
             idempotency_key=idempotency_key,
             model=model,
             target=target,
+            session_id=session_id,
+            tenant=tenant,
         )
         return await self.execute(run.id)
 

@@ -24,6 +24,8 @@ class NewRun:
     principal: str | None = None
     idempotency_key: str | None = None
     parent_run_id: str | None = None
+    session_id: str | None = None  # budgets and conversations per session
+    tenant: str | None = None  # isolation of caches, budgets and accounting
 
 
 @dataclass(frozen=True, slots=True)

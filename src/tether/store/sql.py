@@ -9,7 +9,12 @@ from typing import Any
 from tether.store.base import Escalation, Operation
 from tether.types import EventKind, JsonDict, Run, RunStatus, Usage
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+BASE_VERSION = 2  # what the CREATE statements below make; later versions are migrations
+# Each version's statements, applied once, in order, to databases older than it.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    3: ("ALTER TABLE runs ADD COLUMN session_id TEXT", "ALTER TABLE runs ADD COLUMN tenant TEXT"),
+}
 
 # `{float}` differs per dialect: SQLite's REAL is 8 bytes, PostgreSQL's is 4 (money needs 8).
 SCHEMA_V1 = (
@@ -91,7 +96,7 @@ SCHEMA_V1 = (
 RUN_COLUMNS = (
     "id, agent_name, agent_version, agent_target, model_spec, status, input, output, error, "
     "principal, idempotency_key, parent_run_id, attempts, lease_owner, lease_expires_at_epoch_ms, "
-    "input_tokens, output_tokens, cost_usd, created_at_epoch_ms, updated_at_epoch_ms"
+    "input_tokens, output_tokens, cost_usd, created_at_epoch_ms, updated_at_epoch_ms, session_id, tenant"
 )
 ESCALATION_COLUMNS = (
     "id, run_id, reason, message, options, context, status, answer, answered_by, "
@@ -136,6 +141,8 @@ def run_from_row(row: Sequence[Any], event_count: int = 0) -> Run:
         usage=Usage(row[15], row[16], row[17]),
         created_at_epoch_ms=row[18],
         updated_at_epoch_ms=row[19],
+        session_id=row[20],
+        tenant=row[21],
         event_count=event_count,
     )
 

@@ -21,7 +21,9 @@ from tether.errors import (
 from tether.store.base import Escalation, EventDraft, NewEscalation, NewRun, Operation, OperationWrite
 from tether.store.sql import (
     ATTEMPT_MARKER_KINDS,
+    BASE_VERSION,
     ESCALATION_COLUMNS,
+    MIGRATIONS,
     OPERATION_COLUMNS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
@@ -105,12 +107,16 @@ class SqliteRunStore:
                 self._db.execute(statement)
             row = self._db.execute("SELECT max(version) FROM tether_schema").fetchone()
             if row[0] is None:
-                self._db.execute("INSERT INTO tether_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] < SCHEMA_VERSION:  # the statements above are idempotent: they added what was new
+                self._db.execute("INSERT INTO tether_schema (version) VALUES (?)", (BASE_VERSION,))
+            current = BASE_VERSION if row[0] is None else max(row[0], BASE_VERSION)
+            if current < SCHEMA_VERSION:
+                for version in sorted(v for v in MIGRATIONS if v > current):
+                    for statement in MIGRATIONS[version]:
+                        self._db.execute(statement)
                 self._db.execute("UPDATE tether_schema SET version = ?", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
+            elif current > SCHEMA_VERSION:
                 raise ConfigurationError(
-                    f"database {self.path!r} has schema version {row[0]}, newer than this tether "
+                    f"database {self.path!r} has schema version {current}, newer than this tether "
                     f"({SCHEMA_VERSION}); upgrade tether"
                 )
 
@@ -157,7 +163,7 @@ class SqliteRunStore:
         db.execute(
             "INSERT INTO runs (id, agent_name, agent_version, agent_target, model_spec, status, "
             "input, principal, idempotency_key, parent_run_id, created_at_epoch_ms, "
-            "updated_at_epoch_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "updated_at_epoch_ms, session_id, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 new.id,
                 new.agent_name,
@@ -171,6 +177,8 @@ class SqliteRunStore:
                 new.parent_run_id,
                 now,
                 now,
+                new.session_id,
+                new.tenant,
             ),
         )
         data = {"agent": new.agent_name, "version": new.agent_version, "input": new.input}
