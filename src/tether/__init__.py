@@ -18,7 +18,7 @@ from tether.errors import (
 from tether.models import FunctionModel, Model, ScriptedModel, model_from_spec
 from tether.runtime import Runtime, Worker
 from tether.store import RunStore, SqliteRunStore, store_from_url
-from tether.tools import Tool, ToolContext, tool
+from tether.tools import Tool, ToolContext, ask_person, tool
 from tether.types import (
     EventKind,
     Message,
@@ -60,6 +60,7 @@ __all__ = [
     "ToolError",
     "Usage",
     "Worker",
+    "ask_person",
     "classify",
     "model_from_spec",
     "store_from_url",

@@ -98,6 +98,9 @@ class Tool:
             raise ConfigurationError(f"tool {name or function.__name__!r}: timeout_s must be > 0")
         self.function = function
         self.name = name or function.__name__
+        # Introspection sees the tool where it was defined, under its tool name.
+        self.__name__ = self.name
+        self.__module__ = function.__module__
         self.description = description or _first_paragraph(inspect.getdoc(function))
         self.side_effect: SideEffect = side_effect
         # Only writes can be unsafe to repeat; a write is assumed unsafe unless declared otherwise.
@@ -343,3 +346,21 @@ def _arguments_model(
         **fields,
     )
     return model, context_parameter
+
+
+def _ask_person(question: str, options: list[str] | None = None) -> str:
+    """Ask a person a targeted question, optionally with options to choose from; the run waits."""
+    raise RuntimeError(
+        "ask_person is answered by a person through the inbox, never called"
+    )  # pragma: no cover
+
+
+ask_person = Tool(
+    _ask_person,
+    name="ask_person",
+    description=(
+        "Ask a person (an operator) a targeted question when you should not decide alone, with the options "
+        "they may choose from (e.g. ['refund', 'replace', 'decline']). The run waits durably for the answer."
+    ),
+    side_effect="none",
+)

@@ -207,3 +207,32 @@ async def test_answers_export_as_labelled_jsonl(runtime: Runtime, tmp_path: Path
     assert example["answer"] == {"choice": "takeover", "text": "done by hand"}
     assert example["answered_by"] == "ana"
     assert example["context"]["input"] == "go"
+
+
+async def test_agent_asks_a_targeted_question_and_gets_the_chosen_option(runtime: Runtime) -> None:
+    """`ask_person` parks the run with the agent's options; the chosen one comes back as the tool result."""
+    from tether import ask_person
+
+    seen: list[ModelRequest] = []
+
+    def respond(request: ModelRequest) -> ModelResponse:
+        seen.append(request)
+        if request.turn == 0:
+            arguments = {"question": "Refund or replace the kettle?", "options": ["refund", "replace"]}
+            return ModelResponse(tool_calls=(ToolCall("q0", "ask_person", arguments, json.dumps(arguments)),))
+        return ModelResponse(content="ok")
+
+    agent = Agent("asker", model=FunctionModel(respond, name="asker"), tools=[ask_person])
+    run = await runtime.run(agent, "broken kettle")
+    assert run.status == RunStatus.WAITING_HUMAN
+    [question] = await runtime.inbox()
+    assert question.reason == "question"
+    assert question.message == "Refund or replace the kettle?"
+    assert question.options == ("refund", "replace", "takeover")
+    with pytest.raises(InvalidAnswerError):
+        await runtime.answer(question.id, "both")
+    await runtime.answer(question.id, "replace", text="stock is fine", by="ana")
+    done = await runtime.execute(run.id)
+    assert done.status == RunStatus.SUCCEEDED
+    tool_messages = [m.content for m in seen[-1].messages if m.role == "tool"]
+    assert tool_messages == ["A person answered: replace (stock is fine)"]

@@ -15,7 +15,7 @@ from tether.policy.limits import Budget, Crossing, Reservation, Scope, usage_amo
 from tether.runtime.state import RunState
 from tether.store.base import EventDraft, OperationWrite
 from tether.tools import Tool
-from tether.types import EventKind, ModelRequest, Run, RunStatus, Usage
+from tether.types import EventKind, JsonDict, ModelRequest, Run, RunStatus, Usage
 
 DEFAULT_OUTPUT_TOKENS = 500  # reserved for a model answer when the request sets no maximum
 
@@ -37,9 +37,10 @@ class BudgetSteps:
         self,
         reason: str,
         message: str,
-        context: dict[str, object] | None = None,
+        context: JsonDict | None = None,
         *,
         expires_s: float | None = None,
+        options: tuple[str, ...] | None = None,
     ) -> RunStatus:
         raise NotImplementedError
 

@@ -15,6 +15,7 @@ from tether.errors import ToolArgumentsError
 from tether.policy.gates import asks_for_a_human
 from tether.runtime.state import RunState
 from tether.store.base import EventDraft, NewEscalation, OperationWrite
+from tether.tools import ask_person
 from tether.types import EventKind, JsonDict, ModelRequest, Run, RunStatus, ToolCall, Usage
 
 # What a person may answer, by the reason the run was handed over.
@@ -55,6 +56,8 @@ class HumanSteps:
         asks = []
         for index, call in pending:
             tool = self.agent.tool(call.name)
+            if tool is not None and tool.name == ask_person.name and index not in self.state.approvals:
+                return await self._ask_question(index, call)
             if tool is None or tool.approval is None or index in self.state.approvals:
                 continue
             try:
@@ -76,9 +79,27 @@ class HumanSteps:
             expires_s=min(tool.approval.expires_s for _, tool in asks if tool.approval is not None),
         )
 
+    async def _ask_question(self, index: int, call: ToolCall) -> RunStatus:
+        """The agent's own targeted question (the `ask_person` tool): the person picks an option."""
+        arguments = call.arguments or {}
+        offered = tuple(str(option) for option in arguments.get("options") or ()) or ("answer",)
+        return await self._escalate(
+            "question",
+            str(arguments.get("question") or "The agent asks for a decision."),
+            {"calls": [{"index": index, "tool": call.name, "arguments": arguments}]},
+            options=(*offered, "takeover"),
+        )
+
     async def _apply_decision(self, index: int, call: ToolCall, base: JsonDict) -> ToolCall | None:
         """A person's approval decision: the call to run (edited arguments win), or None if denied."""
         decision = self.state.approvals.get(index, {})
+        if call.name == ask_person.name and decision:
+            answer = f"A person answered: {decision['choice']}"
+            if decision.get("text"):
+                answer += f" ({decision['text']})"
+            result = {**base, "ok": True, "outcome": "succeeded", "content": answer, "by": decision.get("by")}
+            await self._append(EventDraft(EventKind.TOOL_RESULT, result))
+            return None
         if decision.get("choice") == "deny":
             message = decision.get("text") or "no reason given"
             denied = {**base, "ok": False, "outcome": "failed", "error": "denied", "by": decision.get("by")}
@@ -91,7 +112,13 @@ class HumanSteps:
         return call
 
     async def _escalate(
-        self, reason: str, message: str, context: JsonDict | None = None, *, expires_s: float | None = None
+        self,
+        reason: str,
+        message: str,
+        context: JsonDict | None = None,
+        *,
+        expires_s: float | None = None,
+        options: tuple[str, ...] | None = None,
     ) -> RunStatus:
         recent = [{"role": m.role, "content": m.content[:500]} for m in self.state.messages[-6:]]
         data: JsonDict = {
@@ -103,7 +130,7 @@ class HumanSteps:
         }
         if context:
             data["context"] = context
-        options = ANSWER_OPTIONS.get(reason, ("continue", "takeover"))
+        options = options or ANSWER_OPTIONS.get(reason, ("continue", "takeover"))
         escalation = NewEscalation(
             id=f"esc_{secrets.token_hex(8)}",
             reason=reason,
@@ -148,7 +175,8 @@ class HumanSteps:
                     extra["rejected"] = f"The user did not confirm this answer: {text or 'no reason given'}"
             await self._append(EventDraft(EventKind.ESCALATION_APPLIED, {**applied, **extra}))
             return None
-        if answer["reason"] == "approval":
+        if answer["reason"] in ("question", "approval"):
+            # Decisions on the calls the question covered: approve/deny/edit, or the chosen option.
             calls = (answer.get("context") or {}).get("calls", [])
             decision: JsonDict = {"choice": choice, "text": text, "by": answer["by"]}
             if choice == "edit":
