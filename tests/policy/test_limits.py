@@ -34,6 +34,7 @@ from tether.policy import (
     SqliteBudgetBackend,
     usage_amounts,
 )
+from tether.policy.budget_stores import Check
 from tether.types import Usage
 
 NOON_S = 1_735_732_800.0  # 2025-01-01 12:00:00 UTC
@@ -590,3 +591,39 @@ async def test_memory_sqlite_and_redis_decide_alike(
             reports = [await budget.usage(scope_of(tag, run)) for budget in budgets]
             assert reports[0] == reports[1] == reports[2]
     await sqlite.close()
+
+
+# --- backend edge cases: retried ids, lapsed ids, and calls wider than one SQL statement -------------------
+
+
+def check_of(scope_key: str, amount: int, limit: int | None, counter: str = "tokens") -> Check:
+    return Check(scope_key, counter, amount, limit, None if limit is None else limit - 1, NOON_S + 86_400)
+
+
+async def test_a_retried_reservation_id_holds_once_until_it_lapses(backend: BudgetBackend) -> None:
+    """Reserving a known id again holds nothing more; once it lapsed, the same id reserves afresh."""
+    checks = [check_of("run:r", 60, 100)]
+    assert (await backend.reserve("id-1", checks, NOON_S, NOON_S + 60)).refusal is None
+    assert (await backend.reserve("id-1", checks, NOON_S + 1, NOON_S + 61)).refusal is None
+    assert await backend.usage("run:r") == {"tokens": (0, 60)}
+    assert (await backend.reserve("id-1", checks, NOON_S + 60, NOON_S + 120)).refusal is None
+    assert await backend.usage("run:r") == {"tokens": (0, 60)}
+    await backend.settle("id-1", [check_of("run:r", 50, 100)], NOON_S + 61)
+    await backend.settle("id-1", [check_of("run:r", 50, 100)], NOON_S + 62)
+    assert await backend.usage("run:r") == {"tokens": (50, 0)}
+
+
+async def test_a_call_wider_than_one_statement_is_still_all_or_nothing(backend: BudgetBackend) -> None:
+    """Hundreds of scopes and counters in one call (more than one SQL statement holds) decide as one."""
+    checks = [check_of(f"scope:{n}", 1, 1, counter) for n in range(150) for counter in ("tokens", "emails")]
+    assert (await backend.reserve("wide-1", checks, NOON_S, NOON_S + 60)).refusal is None
+    refused = await backend.reserve(
+        "wide-2", [*checks[:-1], check_of("scope:149", 0, None, "emails")], NOON_S, NOON_S + 60
+    )
+    assert refused.refusal is not None
+    assert (refused.refusal.index, refused.refusal.reserved) == (0, 1)
+    crossed = await backend.settle("wide-1", checks, NOON_S + 1)
+    assert len(crossed) == 0  # warned already, at reservation
+    assert await backend.usage("scope:149") == {"tokens": (1, 0), "emails": (1, 0)}
+    await backend.release("wide-1")
+    assert await backend.usage("scope:0") == {"tokens": (1, 0), "emails": (1, 0)}

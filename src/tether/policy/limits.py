@@ -247,13 +247,10 @@ class Budget:
         day_start = math.floor(now_s / DAY_S) * DAY_S
         day = datetime.fromtimestamp(day_start, UTC).strftime("%Y-%m-%d")
         in_day = (day_start + DAY_S, day_start + 2 * DAY_S)  # resets, kept a day longer for reports
-        levels = [
-            ScopeLevel(
-                "run", f"run:{scope.run_id}", policy.per_run, "per_run", None, now_s + self.retention_s
-            )
-        ]
+        keep = self._kept_until(now_s)
+        levels = [ScopeLevel("run", f"run:{scope.run_id}", policy.per_run, "per_run", None, keep)]
         if scope.session_id is not None:
-            key, keep = f"session:{scope.session_id}", now_s + self.retention_s
+            key = f"session:{scope.session_id}"
             levels.append(ScopeLevel("session", key, policy.per_session, "per_session", None, keep))
         if scope.principal is not None:
             key = f"principal-day:{day}:{scope.principal}"
@@ -271,6 +268,14 @@ class Budget:
             window = (hour_start + HOUR_S, hour_start + HOUR_S + DAY_S)  # kept like day counters
             levels.append(ScopeLevel("principal-hour", key, limits, "spend_rate_usd_per_hour", *window))
         return tuple(levels)
+
+    def _kept_until(self, now_s: float) -> float:
+        """now + retention_s, rounded up to a step of an hour (or 1% of retention_s, if shorter): a counter
+        used many times an hour keeps one date, which a store need not rewrite (nor re-index) each call."""
+        step = min(HOUR_S, self.retention_s / 100)
+        if step <= 0:
+            return now_s + self.retention_s
+        return math.ceil((now_s + self.retention_s) / step) * step
 
     async def reserve(self, scope: Scope, amounts: Mapping[str, float]) -> Reservation:
         """Hold `amounts` (e.g. {"tokens": 1200, "cost_usd": 0.004}) at every level, or raise

@@ -26,7 +26,7 @@ from tether.policy.limits import Budget, BudgetPolicy
 from tether.runtime.deadletters import DeadLetter
 from tether.runtime.guards import ToolGuards
 from tether.runtime.loop import EventSink, RunLoop
-from tether.store import store_from_url
+from tether.store import SqliteRunStore, store_from_url
 from tether.store.base import Escalation, EventDraft, NewRun, RunStore
 from tether.types import EventKind, JsonDict, Run, RunEvent, RunStatus
 
@@ -110,8 +110,10 @@ class Runtime:
         # Budgets hold across processes: by default their counters live in the run store's file.
         self.budget_policy = budget_policy or BudgetPolicy()
         if budget_backend is None:
-            path = getattr(self.store, "path", None)
-            budget_backend = SqliteBudgetBackend(path) if path else InMemoryBudgetBackend()
+            if isinstance(self.store, SqliteRunStore):
+                budget_backend = SqliteBudgetBackend(self.store.path, connection=self.store.connection)
+            else:
+                budget_backend = InMemoryBudgetBackend()
             self._owned_budget_backend: SqliteBudgetBackend | InMemoryBudgetBackend | None = budget_backend
         else:
             self._owned_budget_backend = None

@@ -83,6 +83,11 @@ class SqliteRunStore:
             self._db.close()
             raise ConfigurationError(f"{self.path!r} is not a usable tether database: {exc}") from exc
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The store's connection, for parts that keep their tables in the same file (budgets)."""
+        return self._db
+
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> SqliteRunStore:
         """Open `sqlite:///relative.db`, `sqlite:////absolute.db` or a plain path."""
