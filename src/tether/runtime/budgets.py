@@ -8,41 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from tether.agent import Agent
 from tether.errors import BudgetExceededError
 from tether.models.base import estimate_tokens
 from tether.policy.limits import Budget, Crossing, Reservation, Scope, usage_amounts
-from tether.runtime.state import RunState
-from tether.store.base import EventDraft, OperationWrite
+from tether.runtime.steps import LoopSteps
+from tether.store.base import EventDraft
 from tether.tools import Tool
-from tether.types import EventKind, JsonDict, ModelRequest, Run, RunStatus, Usage
+from tether.types import EventKind, ModelRequest, RunStatus, Usage
 
 DEFAULT_OUTPUT_TOKENS = 500  # reserved for a model answer when the request sets no maximum
 
 
-class BudgetSteps:
-    """Mixed into RunLoop, which provides the state, the agent, the run and the writes."""
+class BudgetSteps(LoopSteps):
+    """Mixed into RunLoop (see LoopSteps for what it provides)."""
 
-    state: RunState
-    agent: Agent
-    run: Run
     budget: Budget | None
-
-    async def _append(
-        self, *drafts: EventDraft, usage: Usage | None = None, operations: Sequence[OperationWrite] = ()
-    ) -> None:
-        raise NotImplementedError
-
-    async def _escalate(
-        self,
-        reason: str,
-        message: str,
-        context: JsonDict | None = None,
-        *,
-        expires_s: float | None = None,
-        options: tuple[str, ...] | None = None,
-    ) -> RunStatus:
-        raise NotImplementedError
 
     def _scope(self) -> Scope:
         return Scope(

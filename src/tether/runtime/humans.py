@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
 
-from tether.agent import Agent
 from tether.errors import ToolArgumentsError
 from tether.policy.gates import asks_for_a_human
-from tether.runtime.state import RunState
+from tether.runtime.steps import LoopSteps
 from tether.store.base import EventDraft, NewEscalation, OperationWrite
 from tether.tools import ask_person
-from tether.types import EventKind, JsonDict, ModelRequest, Run, RunStatus, ToolCall, Usage
+from tether.types import EventKind, JsonDict, ModelRequest, RunStatus, ToolCall
 
 # What a person may answer, by the reason the run was handed over.
 ANSWER_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -28,28 +26,8 @@ ANSWER_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class HumanSteps:
-    """Mixed into RunLoop, which provides the state, the agent, the run and the two writes."""
-
-    state: RunState
-    agent: Agent
-    run: Run
-
-    async def _append(
-        self, *drafts: EventDraft, usage: Usage | None = None, operations: Sequence[OperationWrite] = ()
-    ) -> None:
-        raise NotImplementedError
-
-    async def _finish(
-        self,
-        status: RunStatus,
-        draft: EventDraft,
-        *,
-        output: str | None = None,
-        error: str | None = None,
-        escalation: NewEscalation | None = None,
-    ) -> RunStatus:
-        raise NotImplementedError
+class HumanSteps(LoopSteps):
+    """Mixed into RunLoop (see LoopSteps for what it provides)."""
 
     async def _ask_approval(self, pending: list[tuple[int, ToolCall]]) -> RunStatus | None:
         """Park the run for a person when a pending call's tool requires approval for its arguments."""

@@ -10,32 +10,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from tether.agent import Agent
-from tether.runtime.state import RunState
-from tether.store.base import EventDraft, OperationWrite
+from tether.runtime.steps import LoopSteps
+from tether.store.base import EventDraft
 from tether.tools import ToolContext
-from tether.types import EventKind, JsonDict, Run, RunStatus, Usage
+from tether.types import EventKind, JsonDict, RunStatus
 
 
-class SagaSteps:
-    """Mixed into RunLoop, which provides the state, the agent, the run and the two writes."""
-
-    state: RunState
-    agent: Agent
-    run: Run
-
-    async def _append(
-        self, *drafts: EventDraft, usage: Usage | None = None, operations: Sequence[OperationWrite] = ()
-    ) -> None:
-        raise NotImplementedError
-
-    async def _finish(
-        self, status: RunStatus, draft: EventDraft, *, output: str | None = None, error: str | None = None
-    ) -> RunStatus:
-        raise NotImplementedError
+class SagaSteps(LoopSteps):
+    """Mixed into RunLoop (see LoopSteps for what it provides)."""
 
     async def _fail_with_compensation(self, detail: JsonDict, error: str) -> RunStatus:
         """End the run failed; first undo its successful writes that declared `compensate`."""
