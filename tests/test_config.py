@@ -155,3 +155,28 @@ async def test_unreachable_redis_degrades_to_process_memory(tmp_path: Path) -> N
             await breaker.allow()
             await breaker.record_failure()
         assert await breaker.state() == BreakerState.OPEN
+
+
+async def test_budget_settings_override_the_default_limits(tmp_path: Path) -> None:
+    """[tether.budget.per_run] replaces only the counters it names; the runtime enforces the result."""
+    path = tmp_path / "tether.toml"
+    path.write_text(
+        f'[tether]\ndb = "sqlite:///{tmp_path / "t.db"}"\n'
+        "[tether.budget.per_run]\ntool_calls = 3\ncustom = { emails = 2 }\n"
+        "[tether.budget]\nspend_rate_usd_per_hour = 1.5\n"
+    )
+    settings = load_settings(path, environ={})
+    async with open_runtime(settings) as runtime:
+        policy = runtime.budget_policy
+    assert policy.per_run.tool_calls == 3
+    assert policy.per_run.custom["emails"] == 2
+    assert policy.per_run.tokens == 8000  # not named: DESIGN.md's default stays
+    assert policy.spend_rate_usd_per_hour == 1.5
+
+
+def test_bad_budget_setting_is_named(tmp_path: Path) -> None:
+    """A non-positive budget limit fails at start naming its key."""
+    path = tmp_path / "tether.toml"
+    path.write_text("[tether.budget.per_run]\ntokens = -5\n")
+    with pytest.raises(ConfigurationError, match=r"budget\.per_run\.tokens"):
+        load_settings(path, environ={})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +17,7 @@ from tether.errors import ConfigurationError
 from tether.gateway import Gateway, ModelLimits, Price, PriceTable, RoutingRule
 from tether.gateway.cache import ExactCache, LayeredCache, SemanticCache
 from tether.gateway.embeddings import default_embedder
+from tether.policy.limits import BudgetPolicy, Limits
 from tether.resilience.breaker import BreakerPolicy, BreakerRegistry, BreakerStore, RedisBreakerStore
 from tether.resilience.bulkhead import BulkheadRegistry, BulkheadStore, RedisBulkheadStore
 from tether.resilience.failover import FailoverBreakerStore, FailoverBulkheadStore, FailoverRateLimitStore
@@ -76,6 +77,43 @@ class CacheSettings(_Section):
     semantic_threshold: float = Field(default=0.62, gt=0, le=1)
 
 
+class LimitsSettings(_Section):
+    """One budget level; a key given replaces that counter's default limit, 0 < value."""
+
+    tokens: float | None = Field(default=None, gt=0)
+    cost_usd: float | None = Field(default=None, gt=0)
+    tool_calls: float | None = Field(default=None, gt=0)
+    mutations: float | None = Field(default=None, gt=0)
+    custom: dict[str, float] = Field(default_factory=dict)
+
+
+class BudgetSettings(_Section):
+    """`[tether.budget.per_run]` etc.: overrides of DESIGN.md's default limits, for every agent."""
+
+    per_run: LimitsSettings | None = None
+    per_session: LimitsSettings | None = None
+    per_principal_day: LimitsSettings | None = None
+    per_tenant_day: LimitsSettings | None = None
+    warn_at: float = Field(default=0.8, gt=0, le=1)
+    spend_rate_usd_per_hour: float | None = Field(default=None, gt=0)
+
+    def policy(self) -> BudgetPolicy:
+        default = BudgetPolicy()
+        levels = {}
+        for name in ("per_run", "per_session", "per_principal_day", "per_tenant_day"):
+            given: LimitsSettings | None = getattr(self, name)
+            base: Limits = getattr(default, name)
+            if given is not None:
+                changes = given.model_dump(exclude_unset=True)
+                if "custom" in changes:
+                    changes["custom"] = {**base.custom, **changes["custom"]}
+                base = replace(base, **changes)
+            levels[name] = base
+        return BudgetPolicy(
+            **levels, warn_at=self.warn_at, spend_rate_usd_per_hour=self.spend_rate_usd_per_hour
+        )
+
+
 class RoutingRuleSettings(_Section):
     tag: str
     route: str
@@ -97,6 +135,7 @@ class Settings(_Section):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
 
 
 def load_settings(
@@ -211,6 +250,7 @@ async def open_runtime(settings: Settings, *, agents: Sequence[Agent] = ()) -> A
     try:
         async with Runtime(
             settings.db,
+            budget_policy=settings.budget.policy(),
             agents=agents,
             gateway=wiring.gateway,
             guards=wiring.guards,
