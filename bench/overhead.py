@@ -42,6 +42,7 @@ SCRIPT = [{"tool_calls": [{"name": "echo", "arguments": {"text": f"step {n}"}}]}
 ]
 TARGET_VS_FLOOR = 2.0
 TARGET_VS_PEER = 1 / 3
+TARGET_OBSERVE = 1.10  # tracing + metrics + logging: at most 10% over the bare tether step
 
 # Peers' telemetry off and no network beyond loopback; set before any framework is imported.
 QUIET_ENV = {
@@ -114,15 +115,40 @@ async def raw_httpx(base_url: str, workdir: Path) -> AsyncIterator[RunOnce]:
 
 
 @contextlib.asynccontextmanager
-async def tether_runtime(base_url: str, workdir: Path) -> AsyncIterator[RunOnce]:
-    """tether, durable: every step recorded in one SQLite (WAL) file shared by all runs."""
+async def tether_runtime(base_url: str, workdir: Path, *, observed: bool = False) -> AsyncIterator[RunOnce]:
+    """tether, durable: every step recorded in one SQLite (WAL) file shared by all runs. `observed`:
+    with tracing (spans batched to an exporter that drops them), Prometheus metrics and JSON logs."""
     from tether import Agent, RunStatus, Runtime, tool
+    from tether.runtime import RunObserver
 
     os.environ["OPENAI_BASE_URL"] = base_url  # read when the runtime builds the model, on the first run
     agent = Agent(
         "bench", instructions=INSTRUCTIONS, model="openai:bench", tools=[tool(side_effect="none")(echo)]
     )
-    async with Runtime(f"sqlite:///{workdir / 'bench.db'}") as runtime:
+    observers: list[RunObserver] = []
+    exported: list[int] = []
+    devnull = open(os.devnull, "w")  # noqa: SIM115, ASYNC230 - /dev/null; closed below, after the runtime
+    if observed:
+        from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+        from tether.observe.logs import RunLogger
+        from tether.observe.metrics import RunMetrics
+        from tether.observe.tracing import RunTracer
+
+        class Dropping(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                exported.append(len(spans))
+                return SpanExportResult.SUCCESS
+
+        # The peers' telemetry is switched off by OTEL_SDK_DISABLED (see main); this contender measures
+        # tether's own, so its provider is built without it.
+        disabled = os.environ.pop("OTEL_SDK_DISABLED", None)
+        tracer = RunTracer.to_exporter(Dropping())
+        if disabled is not None:
+            os.environ["OTEL_SDK_DISABLED"] = disabled
+        observers = [tracer, RunMetrics(), RunLogger(format="json", stream=devnull)]
+    name = "bench-observed" if observed else "bench"
+    async with Runtime(f"sqlite:///{workdir / f'{name}.db'}", observers=observers) as runtime:
 
         async def run_once() -> str:
             run = await runtime.run(agent, INPUT)
@@ -131,6 +157,15 @@ async def tether_runtime(base_url: str, workdir: Path) -> AsyncIterator[RunOnce]
             return run.output or ""
 
         yield run_once
+    if observed:
+        tracer.shutdown()
+        if not sum(exported):
+            raise RuntimeError("tether+observe exported no spans")
+    devnull.close()
+
+
+def tether_observed(base_url: str, workdir: Path) -> contextlib.AbstractAsyncContextManager[RunOnce]:
+    return tether_runtime(base_url, workdir, observed=True)
 
 
 @contextlib.asynccontextmanager
@@ -203,6 +238,12 @@ def contenders() -> list[Contender]:
     return [
         Contender("raw-httpx", ("httpx",), raw_httpx, peer=False),
         Contender("tether", ("tether", "httpx"), tether_runtime, peer=False),
+        Contender(
+            "tether+observe",
+            ("tether", "opentelemetry-sdk", "prometheus-client", "structlog"),
+            tether_observed,
+            peer=False,
+        ),
         Contender("pydantic-ai", ("pydantic-ai-slim", "openai"), pydantic_ai, ("pydantic_ai.models.openai",)),
         Contender("openai-agents", ("openai-agents", "openai"), openai_agents, ("agents",)),
         Contender(
@@ -384,6 +425,13 @@ def summarise(all_contenders: list[Contender], args: argparse.Namespace, server_
                 "target": "<= 0.333",
                 "met": ratio <= TARGET_VS_PEER,
             }
+    if "tether" in cpu_of and "tether+observe" in cpu_of:
+        ratio = cpu_of["tether+observe"] / cpu_of["tether"]
+        targets["observe_cpu_vs_tether"] = {
+            "value": round(ratio, 3),
+            "target": f"<= {TARGET_OBSERVE:g}",
+            "met": ratio <= TARGET_OBSERVE,
+        }
     summary["targets"] = targets
     return summary
 
@@ -425,6 +473,10 @@ def print_table(summary: dict[str, Any]) -> None:
         t = targets["tether_cpu_vs_fastest_peer"]
         verdict = "met" if t["met"] else "NOT met"
         print(f"  tether CPU/step <= 1/3 of fastest peer ({t['peer']}): {t['value']:.2f}x  ({verdict})")
+    if "observe_cpu_vs_tether" in targets:
+        t = targets["observe_cpu_vs_tether"]
+        verdict = "met" if t["met"] else "NOT met"
+        print(f"  tracing + metrics + logs add <= 10% CPU/step to tether: {t['value']:.2f}x  ({verdict})")
     print()
     print(f"verified: {summary['verified']}")
     foreign = summary["non_loopback_network"]

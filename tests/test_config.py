@@ -180,3 +180,85 @@ def test_bad_budget_setting_is_named(tmp_path: Path) -> None:
     path.write_text("[tether.budget.per_run]\ntokens = -5\n")
     with pytest.raises(ConfigurationError, match=r"budget\.per_run\.tokens"):
         load_settings(path, environ={})
+
+
+async def test_tracing_logs_and_shadows_are_wired_from_settings(tmp_path: Path) -> None:
+    """Tracing, logs and shadows settings give the runtime a tracer, a logger and a shadow candidate."""
+    from tether.observe.logs import RunLogger
+    from tether.observe.tracing import RunTracer
+
+    (tmp_path / "shadow_agents.py").write_text(
+        "from tether import Agent\ncandidate = Agent('desk', version='2', model='scripted:none.json')\n"
+    )
+    path = tmp_path / "tether.toml"
+    path.write_text(
+        f'[tether]\ndb = "sqlite:///{tmp_path / "t.db"}"\n'
+        '[tether.tracing]\nexporter = "console"\nrecord_content = true\n'
+        '[tether.logs]\nformat = "json"\n'
+        '[tether.shadows]\ndesk = "shadow_agents:candidate"\n'
+    )
+    settings = load_settings(path, environ={})
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        async with open_runtime(settings) as runtime:
+            kinds = [type(observer) for observer in runtime.observers]
+            tracer = runtime.observers[0]
+            assert runtime.shadows["desk"].version == "2"
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert kinds == [RunTracer, RunLogger]
+    assert isinstance(tracer, RunTracer)
+    assert tracer.record_content is True
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[tether.tracing]\nexporter = "jaeger"\n', r"tracing\.exporter"),
+        ('[tether.logs]\nformat = "xml"\n', r"logs\.format"),
+        ("[tether.metrics]\nport = 70000\n", r"metrics\.port"),
+    ],
+)
+def test_bad_observability_settings_are_named(tmp_path: Path, text: str, needle: str) -> None:
+    """An unknown exporter, log format or an impossible port fails at start naming its key."""
+    path = tmp_path / "tether.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError, match=needle):
+        load_settings(path, environ={})
+
+
+async def test_security_settings_are_wired(tmp_path: Path) -> None:
+    """Permissions file, guardrail actions and answer redaction per tenant reach the runtime."""
+    policy = tmp_path / "permissions.toml"
+    policy.write_text('[[grants]]\nname = "read"\nroles = ["support"]\ntools = ["lookup_*"]\n')
+    path = tmp_path / "tether.toml"
+    path.write_text(
+        f'[tether]\ndb = "sqlite:///{tmp_path / "t.db"}"\n'
+        f'[tether.permissions]\nfile = "{policy}"\n'
+        '[tether.guardrails]\non_user_injection = "block"\nabuse_threshold = 5\nbehaviour = true\n'
+        '[[tether.guardrails.deny_calls]]\ntool = "run_shell"\nargument = "command"\npattern = "rm -rf"\n'
+        "[tether.redaction]\nanswers = true\ntenants = { internal = [] }\n"
+    )
+    settings = load_settings(path, environ={})
+    async with open_runtime(settings) as runtime:
+        assert runtime.permissions is not None
+        assert [g.name for g in runtime.permissions.grants] == ["read"]
+        assert runtime.guardrails is not None
+        assert runtime.guardrails.abuse_threshold == 5
+        assert runtime.baselines is not None
+        assert runtime.baselines.monitor.min_runs == 20
+        assert runtime.guardrails.refused("run_shell", {"command": "rm -rf /"}) is not None
+        assert runtime.redaction is not None
+        assert runtime.redaction.for_tenant("acme").redact("mail jo@example.com") == "mail [email]"
+        assert runtime.redaction.for_tenant("internal").redact("mail jo@example.com") == "mail jo@example.com"
+
+
+def test_unknown_redaction_kind_is_named(tmp_path: Path) -> None:
+    """A redaction kind that does not exist fails at start, listing the known ones."""
+    path = tmp_path / "tether.toml"
+    path.write_text('[tether.redaction]\nanswers = true\nkinds = ["shoe_size"]\n')
+    settings = load_settings(path, environ={})
+    with pytest.raises(ConfigurationError, match="unknown redaction kinds"):
+        settings.redaction.build()

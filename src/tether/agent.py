@@ -48,6 +48,9 @@ class Agent:
     )
     output_type: type[pydantic.BaseModel] | None = None  # the final answer must be JSON of this model
     tags: tuple[str, ...] = ()  # task tags the gateway's routing rules read ("simple", "hard", ...)
+    # Collaborative review: a person sees the final answer before it goes out (True: every answer;
+    # or a predicate on the answer) and sends it, asks the agent to revise it, or takes over.
+    review: bool | Callable[[str], bool] = False
     _by_name: dict[str, Tool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -7,25 +7,41 @@ Exit codes: 0 the run succeeded (or the command did its job), 1 the run did not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 import signal
-import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from tether.config import Settings, load_settings, open_runtime
-from tether.errors import ConfigurationError, EscalationNotFoundError, InvalidAnswerError, TetherError
+from tether.cli_support import (
+    ConfigOption,
+    DbOption,
+    JsonOption,
+    RawOption,
+)
+from tether.cli_support import clip as _clip
+from tether.cli_support import console as _console
+from tether.cli_support import err as _err
+from tether.cli_support import importable_cwd as _importable_cwd
+from tether.cli_support import masked as _masked
+from tether.cli_support import run_async as _run_async
+from tether.cli_support import settings as _settings
+from tether.cli_support import when as _when
+from tether.config import Settings, open_runtime
+from tether.errors import ConfigurationError
+from tether.eval_cli import eval_command
 from tether.models import model_from_spec
+from tether.release_cli import canary_app, shadow_app
 from tether.runtime import Runtime, Worker, load_target
 from tether.runtime.deadletters import DeadLetter
-from tether.store.base import Escalation
+from tether.serve_cli import serve
+from tether.store.base import AuditEntry, Escalation
 from tether.types import Run, RunStatus
 
 app = typer.Typer(
@@ -41,51 +57,12 @@ inbox_app = typer.Typer(help="Questions for people: list them, answer them.", no
 app.add_typer(inbox_app, name="inbox")
 feedback_app = typer.Typer(help="People's answers, kept as labelled examples.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
-
-T = TypeVar("T")
-
-DbOption = Annotated[
-    str | None, typer.Option("--db", help="Run store URL (default sqlite:///tether.db, or TETHER_DB).")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="Settings file (default ./tether.toml if present).")
-]
+app.command("eval")(eval_command)
+app.command("serve")(serve)
 
 
 def main() -> None:
     app()
-
-
-def _console() -> Console:
-    return Console(stderr=False, highlight=False)
-
-
-def _err(message: str, code: int = 2) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
-def _settings(config: Path | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except ConfigurationError as exc:
-        raise _err(str(exc)) from None
-
-
-def _run_async(factory: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(factory())  # type: ignore[arg-type]
-    except (ConfigurationError, InvalidAnswerError, EscalationNotFoundError) as exc:
-        raise _err(str(exc)) from None
-    except TetherError as exc:
-        raise _err(f"{type(exc).__name__}: {exc}", 1) from None
-
-
-def _importable_cwd() -> None:
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
 
 
 def _run_json(run: Run) -> dict[str, Any]:
@@ -163,10 +140,37 @@ def worker(
     exit_when_idle: Annotated[
         bool, typer.Option("--exit-when-idle", help="Exit once no queued or running run is left.")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics (default [tether.metrics] or off).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option("--metrics-host", help="Address for --metrics-port (default 127.0.0.1).")
+    ] = None,
+    poll_s: Annotated[
+        float, typer.Option("--poll-s", min=0.001, help="How often an idle worker looks for work.")
+    ] = 0.05,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format", help="A structured line per run event on stderr: json, console, auto, off."
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Execute queued runs, and runs whose worker died, until stopped (SIGTERM/SIGINT finish gracefully)."""
     settings = _settings(config, db=db, concurrency=concurrency, lease_s=lease_s)
+    if log_format is not None:
+        if log_format not in ("json", "console", "auto", "off"):
+            raise _err(f"--log-format takes json, console, auto or off, not {log_format!r}")
+        settings = settings.model_copy(
+            update={"logs": settings.logs.model_copy(update={"format": log_format})}
+        )
     _importable_cwd()
 
     async def go() -> int:
@@ -174,14 +178,46 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with open_runtime(settings) as runtime:
-            stats = await Worker(runtime, concurrency=settings.concurrency).run(
+        async with (
+            open_runtime(settings) as runtime,
+            _metrics_endpoint(runtime, settings, host=metrics_host, port=metrics_port),
+        ):
+            stats = await Worker(runtime, concurrency=settings.concurrency, poll_s=poll_s).run(
                 exit_when_idle=exit_when_idle, stop=stop
             )
         return stats.finished
 
     finished = _run_async(go)
     Console(stderr=True, highlight=False).print(f"worker stopped after {finished} runs")
+
+
+@contextlib.asynccontextmanager
+async def _metrics_endpoint(
+    runtime: Runtime, settings: Settings, *, host: str | None, port: int | None
+) -> AsyncIterator[None]:
+    """Count the runtime's runs and serve them at /metrics while the block runs, if a port is set."""
+    port = port if port is not None else settings.metrics.port
+    if port is None:
+        yield
+        return
+    from tether.observe.metrics import RunMetrics, start_metrics_server
+
+    host = host or settings.metrics.host
+    metrics = RunMetrics(
+        store=runtime.store,
+        breakers=runtime.gateway.breakers,
+        cost_per_task_limit_usd=settings.metrics.cost_per_task_limit_usd,
+    )
+    runtime.observers.append(metrics)
+    try:
+        server = await start_metrics_server(metrics, host=host, port=port)
+    except OSError as exc:
+        raise _err(f"cannot serve metrics on {host}:{port}: {exc}", 1) from None
+    bound = server.sockets[0].getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    Console(stderr=True, highlight=False).print(f"metrics at http://{shown}:{bound}/metrics", markup=False)
+    async with server:
+        yield
 
 
 @runs_app.command("list")
@@ -244,11 +280,12 @@ def runs_show(
 @runs_app.command("events")
 def runs_events(
     run_id: Annotated[str, typer.Argument(help="The run id.")],
+    raw: RawOption = False,
     db: DbOption = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Print a run's event log in order."""
+    """Print a run's event log in order (PII and secrets masked unless --raw)."""
     settings = _settings(config, db=db)
 
     async def go() -> list[dict[str, Any]]:
@@ -256,7 +293,7 @@ def runs_events(
             await runtime.store.get_run(run_id)
             return [e.to_dict() for e in await runtime.events(run_id)]
 
-    events = _run_async(go)
+    events = _masked(_run_async(go), raw)
     if as_json:
         typer.echo(json.dumps(events))
         return
@@ -364,17 +401,20 @@ def inbox_answer(
 @feedback_app.command("export")
 def feedback_export(
     out: Annotated[Path | None, typer.Option("--out", help="Write JSONL here instead of stdout.")] = None,
+    raw: RawOption = False,
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Every answered question as one JSON line: the situation, the options, what the person chose."""
+    """Every answered question as one JSON line: the situation, the options, what the person chose
+    (PII and secrets masked unless --raw: these files travel to labelling and training)."""
     settings = _settings(config, db=db)
 
     async def go() -> list[Escalation]:
         async with Runtime(settings.db) as runtime:
             return await runtime.store.list_escalations(status="answered", limit=1_000_000)
 
-    lines = [json.dumps(item.to_dict(), ensure_ascii=False) for item in _run_async(go)]
+    items = _masked([item.to_dict() for item in _run_async(go)], raw)
+    lines = [json.dumps(item, ensure_ascii=False) for item in items]
     if out is None:
         for line in lines:
             typer.echo(line)
@@ -423,7 +463,7 @@ def gateway(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Serve the gateway over an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models).
+    """Serve the gateway over an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models, /metrics).
 
     Routes come from [tether.routes] in tether.toml and from --model ROUTE=SPEC[,FALLBACK...]; calls get
     the gateway's retries, fallbacks, breakers, rate limits and cost accounting. Serves until SIGTERM.
@@ -433,6 +473,7 @@ def gateway(
     import uvicorn
 
     from tether.config import build_wiring
+    from tether.observe.metrics import RunMetrics
     from tether.server.openai_api import create_openai_app
 
     settings = _settings(config)
@@ -447,8 +488,9 @@ def gateway(
     except ConfigurationError as exc:
         raise _err(str(exc)) from None
     backend = wiring  # closes the gateway's connections and the Redis client
+    metrics = RunMetrics(breakers=wiring.gateway.breakers)  # the calls it serves, and its breakers
     try:
-        app_ = create_openai_app(wiring.gateway, api_keys=api_key or None)
+        app_ = create_openai_app(wiring.gateway, api_keys=api_key or None, metrics=metrics)
     except ConfigurationError as exc:
         raise _err(str(exc)) from None
     # Bound and listening before the URL is printed, so a client reading it can connect at once.
@@ -532,15 +574,12 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(dlq_app, name="dlq")
-
-
-def _clip(value: Any, width: int = 160) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _when(epoch_ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_ms / 1000))
+app.add_typer(canary_app, name="canary")
+audit_app = typer.Typer(
+    help="The audit log: every permission decision and guardrail verdict, append-only.", no_args_is_help=True
+)
+app.add_typer(audit_app, name="audit")
+app.add_typer(shadow_app, name="shadow")
 
 
 @dlq_app.command("list")
@@ -575,6 +614,7 @@ def dlq_list(
 def dlq_show(
     run_id: Annotated[str, typer.Argument(help="The run id (tether dlq list).")],
     last: Annotated[int, typer.Option(min=0, help="How many of the last events to print.")] = 10,
+    raw: RawOption = False,
     db: DbOption = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
@@ -592,8 +632,9 @@ def dlq_show(
     run = letter.run
     if run.status != RunStatus.DEAD_LETTERED:
         raise _err(f"run {run.id} is {run.status}, not dead-lettered; see `tether runs show {run.id}`")
+    shown = _masked([letter.to_dict()], raw)[0]  # PII and secrets masked unless --raw
     if as_json:
-        typer.echo(json.dumps(letter.to_dict()))
+        typer.echo(json.dumps(shown))
         return
     console = _console()
     console.print(
@@ -601,12 +642,12 @@ def dlq_show(
         markup=False,
     )
     attempts = Table("seq", "kind", "detail", title="attempts")
-    for item in letter.attempts:
+    for item in shown["attempts"]:
         detail = {k: v for k, v in item.items() if k not in ("seq", "kind", "traceback")}
         attempts.add_row(str(item["seq"]), item["kind"], _clip(detail, 400))
     console.print(attempts)
     decisions = Table("seq", "kind", "turn", "decision", title="decisions")
-    for item in letter.decisions:
+    for item in shown["decisions"]:
         if item["kind"] == "model.response":
             calls = ", ".join(f"{c['name']}({json.dumps(c['arguments'])})" for c in item["tool_calls"])
             said = item["content"] if not calls else f"calls {calls}"
@@ -615,14 +656,14 @@ def dlq_show(
         decisions.add_row(str(item["seq"]), item["kind"], str(item.get("turn", "")), _clip(said))
     console.print(decisions)
     outputs = Table("seq", "turn", "tool", "outcome", "content", title="tool outputs")
-    for item in letter.tool_outputs:
+    for item in shown["tool_outputs"]:
         row = (str(item["seq"]), str(item.get("turn", "")), str(item.get("tool", "")))
         outputs.add_row(*row, str(item.get("outcome", "")), _clip(item.get("content", ""), 120))
     console.print(outputs)
     unfinished = Table(
         "turn", "index", "tool", "arguments", "intent recorded", title="calls without a result"
     )
-    for item in letter.unfinished_calls:
+    for item in shown["unfinished_calls"]:
         unfinished.add_row(
             str(item["turn"]),
             str(item["index"]),
@@ -631,9 +672,9 @@ def dlq_show(
             "yes" if item["intent_recorded"] else "no",
         )
     console.print(unfinished)
-    recent = Table("seq", "kind", "data", title=f"last {len(letter.last_events)} events")
-    for event in letter.last_events:
-        recent.add_row(str(event.seq), event.kind, _clip(event.data))
+    recent = Table("seq", "kind", "data", title=f"last {len(shown['last_events'])} events")
+    for event in shown["last_events"]:
+        recent.add_row(str(event["seq"]), event["kind"], _clip(event["data"]))
     console.print(recent)
     console.print(f"after the fix: tether dlq replay {run.id}", markup=False)
 
@@ -663,3 +704,79 @@ def dlq_replay(
         typer.echo(json.dumps({**result.to_dict(), "replayed": True}))
     else:
         _console().print(f"run {result.id} is queued again; a worker resumes it from its last recorded step")
+
+
+@audit_app.command("list")
+def audit_list(
+    run: Annotated[str | None, typer.Option("--run", help="Only this run's entries.")] = None,
+    principal: Annotated[str | None, typer.Option(help="Only this principal's entries.")] = None,
+    session: Annotated[str | None, typer.Option("--session", help="Only this session's entries.")] = None,
+    decision: Annotated[
+        str | None, typer.Option(help="Only allow, deny, block, sanitise or escalate.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Who was allowed or denied what, in which run, by which grant or guardrail, and when."""
+    if decision is not None and decision not in ("allow", "deny", "block", "sanitise", "escalate"):
+        raise _err(f"--decision takes allow, deny, block, sanitise or escalate, not {decision!r}")
+    settings = _settings(config, db=db)
+
+    async def go() -> list[AuditEntry]:
+        async with Runtime(settings.db) as runtime:
+            return await runtime.store.list_audit(
+                run_id=run, principal=principal, session_id=session, decision=decision, limit=limit
+            )
+
+    entries = _run_async(go)
+    if as_json:
+        typer.echo(json.dumps([entry.to_dict() for entry in entries]))
+        return
+    table = Table("when", "decision", "kind", "principal", "tool", "grant / guardrail", "run", "reason")
+    for e in entries:
+        table.add_row(
+            _when(e.at_epoch_ms),
+            e.decision,
+            e.kind,
+            e.principal or "",
+            e.tool or "",
+            e.grant or "",
+            e.run_id,
+            _clip(e.reason, 80),
+        )
+    _console().print(table)
+
+
+@dlq_app.command("discard")
+def dlq_discard(
+    run_id: Annotated[str, typer.Argument(help="The dead-lettered run's id.")],
+    reason: Annotated[
+        str, typer.Option(help="Why; recorded in the run's events.")
+    ] = "discarded from the CLI",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Give up on a dead-lettered run: its writes that declared `compensate` are undone (here if the
+    run's agent can be loaded, else by the next worker), then it ends cancelled."""
+    settings = _settings(config, db=db)
+    _importable_cwd()
+
+    async def go() -> tuple[Run, Run]:
+        async with Runtime(settings.db) as runtime:
+            before = await runtime.store.get_run(run_id)
+            return before, await runtime.discard(run_id, reason)
+
+    before, result = _run_async(go)
+    if before.status != RunStatus.DEAD_LETTERED:
+        raise _err(
+            f"run {result.id} is {result.status}, not dead-lettered: only dead letters can be discarded"
+        )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+    elif result.status == RunStatus.QUEUED:
+        _console().print(f"run {result.id}: its writes are undone by the next worker, then it ends cancelled")
+    else:
+        _console().print(f"run {result.id} is {result.status}")

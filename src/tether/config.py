@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.asyncio import Redis
 
 from tether.agent import Agent
@@ -17,13 +17,17 @@ from tether.errors import ConfigurationError
 from tether.gateway import Gateway, ModelLimits, Price, PriceTable, RoutingRule
 from tether.gateway.cache import ExactCache, LayeredCache, SemanticCache
 from tether.gateway.embeddings import default_embedder
+from tether.policy.behaviour import BehaviourMonitor
+from tether.policy.guardrails import DenyCall, Guardrails, InjectionCheck, SizeCheck
 from tether.policy.limits import BudgetPolicy, Limits
+from tether.policy.permissions import PermissionPolicy
+from tether.policy.redaction import RedactionPolicy, Redactor
 from tether.resilience.breaker import BreakerPolicy, BreakerRegistry, BreakerStore, RedisBreakerStore
 from tether.resilience.bulkhead import BulkheadRegistry, BulkheadStore, RedisBulkheadStore
 from tether.resilience.failover import FailoverBreakerStore, FailoverBulkheadStore, FailoverRateLimitStore
 from tether.resilience.ratelimit import RateLimiter, RateLimitStore, RedisRateLimitStore
 from tether.resilience.retry import RetryPolicy
-from tether.runtime import Runtime
+from tether.runtime import RunObserver, Runtime, load_target
 from tether.runtime.guards import ToolGuards
 
 DEFAULT_CONFIG_FILE = "tether.toml"
@@ -114,6 +118,117 @@ class BudgetSettings(_Section):
         )
 
 
+class MetricsSettings(_Section):
+    """`[tether.metrics]`: the worker's Prometheus endpoint (off without a port) and the cost limit per
+    run exported for the cost alert: one number for every agent, or a table of agent = US dollars."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int | None = Field(default=None, ge=0, le=65535)
+    cost_per_task_limit_usd: float | dict[str, float] | None = None
+
+    @field_validator("cost_per_task_limit_usd", mode="before")
+    @classmethod
+    def _positive_dollars(cls, value: Any) -> Any:
+        # Checked here, not by the union, whose errors would name its branches instead of the key.
+        if value is None:
+            return None
+        limits = value if isinstance(value, dict) else {None: value}
+        for agent, limit in limits.items():
+            if isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0:
+                where = f" for agent {agent!r}" if agent is not None else ""
+                raise ValueError(f"must be a number of US dollars > 0{where}, or a table of agent = dollars")
+        return value
+
+
+class TracingSettings(_Section):
+    """`[tether.tracing]`: where spans go (off by default), and whether prompt and answer text is
+    recorded on them (redacted: e-mail addresses and long numbers masked)."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    endpoint: str | None = None  # OTLP/HTTP traces URL; default OTEL_EXPORTER_OTLP_ENDPOINT or :4318
+    record_content: bool = False
+    service_name: str = Field(default="tether", min_length=1)
+
+
+class LogSettings(_Section):
+    """`[tether.logs]`: one structured line per run event on stderr: JSON, console, auto (console on a
+    terminal) or off."""
+
+    format: Literal["off", "json", "console", "auto"] = "off"
+    level: Literal["debug", "info", "warning", "error"] = "info"  # debug: every successful tool call too
+
+
+class PermissionSettings(_Section):
+    """`[tether.permissions]`: the permission policy file (TOML; see tether.policy.permissions).
+    Without one, agents may use every tool they have."""
+
+    file: Path | None = None
+
+
+class DenyCallSettings(_Section):
+    tool: str = Field(min_length=1)
+    argument: str | None = None
+    pattern: str | None = None
+    reason: str = "a dangerous call"
+
+
+class GuardrailSettings(_Section):
+    """`[tether.guardrails]`: screening of user input and tool output, and the abuse breaker."""
+
+    enabled: bool = True
+    on_user_injection: Literal["block", "sanitise", "escalate"] = "escalate"
+    on_tool_injection: Literal["block", "sanitise", "escalate"] = "sanitise"
+    max_user_chars: int = Field(default=20_000, gt=0)
+    max_tool_chars: int = Field(default=50_000, gt=0)
+    abuse_threshold: int = Field(default=3, ge=1)
+    abuse_window_s: float = Field(default=3600.0, gt=0)
+    deny_calls: list[DenyCallSettings] = Field(default_factory=list)
+    # Behaviour monitoring: calls unlike an agent's last runs wait for a person (off by default).
+    behaviour: bool = False
+    behaviour_min_runs: int = Field(default=20, ge=1)
+
+    def build(self) -> Guardrails | Literal["off"]:
+        if not self.enabled:
+            return "off"
+        try:
+            deny = tuple(DenyCall(**rule.model_dump()) for rule in self.deny_calls)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"invalid setting guardrails.deny_calls: {exc}") from None
+        return Guardrails(
+            deny_calls=deny,
+            checks=(
+                SizeCheck(max_user_chars=self.max_user_chars, max_tool_chars=self.max_tool_chars),
+                InjectionCheck(on_user=self.on_user_injection, on_tool=self.on_tool_injection),
+            ),
+            abuse_threshold=self.abuse_threshold,
+            abuse_window_s=self.abuse_window_s,
+        )
+
+
+class RedactionSettings(_Section):
+    """`[tether.redaction]`: mask PII and secrets in final answers (traces and logs always are).
+    `kinds`: which (default all); `tenants`: per tenant, its own kinds ([] turns it off)."""
+
+    answers: bool = False
+    kinds: list[str] | None = None
+    allow: list[str] = Field(default_factory=list)
+    tenants: dict[str, list[str]] = Field(default_factory=dict)
+
+    def build(self) -> RedactionPolicy | None:
+        if not self.answers:
+            return None
+        try:
+            return RedactionPolicy(
+                default=Redactor(kinds=self.kinds, allow=self.allow),
+                per_tenant={
+                    tenant: Redactor(kinds=kinds, allow=self.allow) if kinds else None
+                    for tenant, kinds in self.tenants.items()
+                },
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"invalid setting redaction: {exc}") from None
+
+
 class RoutingRuleSettings(_Section):
     tag: str
     route: str
@@ -136,6 +251,14 @@ class Settings(_Section):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
+    permissions: PermissionSettings = Field(default_factory=PermissionSettings)
+    guardrails: GuardrailSettings = Field(default_factory=GuardrailSettings)
+    redaction: RedactionSettings = Field(default_factory=RedactionSettings)
+    # Shadow mode: agent name -> "module:attribute" of the candidate run beside each production run.
+    shadows: dict[str, str] = Field(default_factory=dict)
 
 
 def load_settings(
@@ -243,11 +366,53 @@ def build_cache(settings: CacheSettings) -> LayeredCache | None:
     return LayeredCache(ExactCache(ttl_s=settings.ttl_s), semantic)
 
 
+def build_observers(settings: Settings) -> tuple[list[RunObserver], Callable[[], None]]:
+    """The tracer and logger `[tether.tracing]` and `[tether.logs]` ask for, and how to flush them."""
+    observers: list[RunObserver] = []
+    flush: list[Callable[[], None]] = []
+    if settings.tracing.exporter != "none":
+        from tether.observe.tracing import RunTracer
+
+        tracer = RunTracer.to_exporter(
+            _span_exporter(settings.tracing),
+            record_content=settings.tracing.record_content,
+            service_name=settings.tracing.service_name,
+        )
+        observers.append(tracer)
+        flush.append(tracer.shutdown)
+    if settings.logs.format != "off":
+        from tether.observe.logs import RunLogger
+
+        observers.append(RunLogger(format=settings.logs.format, level=settings.logs.level))
+
+    def flush_all() -> None:
+        for step in flush:
+            step()
+
+    return observers, flush_all
+
+
+def _span_exporter(settings: TracingSettings) -> Any:
+    if settings.exporter == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=settings.endpoint) if settings.endpoint else OTLPSpanExporter()
+
+
 @asynccontextmanager
 async def open_runtime(settings: Settings, *, agents: Sequence[Agent] = ()) -> AsyncIterator[Runtime]:
-    """A Runtime wired from settings: its gateway, and Redis-shared breakers and limits if configured."""
+    """A Runtime wired from settings: its gateway, Redis-shared breakers and limits if configured,
+    tracing and logs if asked for, and the shadows' candidates."""
     wiring = build_wiring(settings)
+    observers, flush = build_observers(settings)
     try:
+        shadows = {name: load_target(target) for name, target in settings.shadows.items()}
+        permissions = None
+        if settings.permissions.file is not None:
+            permissions = PermissionPolicy.from_file(settings.permissions.file)
         async with Runtime(
             settings.db,
             budget_policy=settings.budget.policy(),
@@ -256,7 +421,18 @@ async def open_runtime(settings: Settings, *, agents: Sequence[Agent] = ()) -> A
             guards=wiring.guards,
             lease_s=settings.lease_s,
             max_attempts=settings.max_attempts,
+            observers=observers,
+            shadows=shadows,
+            permissions=permissions,
+            guardrails=settings.guardrails.build(),
+            behaviour=(
+                BehaviourMonitor(min_runs=settings.guardrails.behaviour_min_runs)
+                if settings.guardrails.behaviour
+                else None
+            ),
+            redaction=settings.redaction.build(),
         ) as runtime:
             yield runtime
     finally:
+        flush()
         await wiring.aclose()

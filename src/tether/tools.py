@@ -133,8 +133,13 @@ class Tool:
             self.approval = ApprovalRule()
         elif callable(approval):
             self.approval = ApprovalRule(when=approval)
-        else:
+        elif approval is False:
             self.approval = None
+        else:
+            raise ConfigurationError(
+                f"tool {self.name!r}: approval must be True, False, a predicate on the arguments or an "
+                f"ApprovalRule, not {approval!r}"
+            )
         self.is_async = inspect.iscoroutinefunction(function)
         self.arguments_model, self._context_parameter = _arguments_model(function, self.name)
         self.definition = ToolDefinition(

@@ -120,9 +120,10 @@ class ModelResponse:
     # What happened on the way (retries, fallbacks, cache hits): recorded as run events before the
     # response itself; never sent back to a model.
     events: tuple[tuple[str, JsonDict], ...] = ()
+    served_by: str = ""  # the gateway's model spec that answered (after any fallback), e.g. openai:gpt-4o
 
     def to_dict(self) -> JsonDict:
-        return {
+        data: JsonDict = {
             "content": self.content,
             "tool_calls": [call.to_dict() for call in self.tool_calls],
             "usage": self.usage.to_dict(),
@@ -130,6 +131,9 @@ class ModelResponse:
             "finish_reason": self.finish_reason,
             "confidence": self.confidence,
         }
+        if self.served_by:
+            data["served_by"] = self.served_by
+        return data
 
     @classmethod
     def from_dict(cls, data: JsonDict) -> ModelResponse:
@@ -140,6 +144,7 @@ class ModelResponse:
             model=data.get("model", ""),
             finish_reason=data.get("finish_reason"),
             confidence=data.get("confidence"),
+            served_by=data.get("served_by", ""),
         )
 
     def as_message(self) -> Message:
@@ -200,6 +205,9 @@ class EventKind(enum.StrEnum):
     RUN_ESCALATED = "run.escalated"
     OUTPUT_INVALID = "output.invalid"
     GATE_DECISION = "gate.decision"
+    GUARDRAIL_VERDICT = "guardrail.verdict"  # a check found something in user input or tool output
+    PERMISSION_DENIED = "permission.denied"
+    BEHAVIOUR_ANOMALY = "behaviour.anomaly"  # a call unlike the agent's usual tool use, held for a person
     RECOVERY_ALTERNATIVE = "recovery.alternative"
     COMPENSATION_STARTED = "compensation.started"
     COMPENSATION_RAN = "compensation.ran"
@@ -257,10 +265,12 @@ class Run:
     event_count: int = 0
     session_id: str | None = None
     tenant: str | None = None
+    shadow_of: str | None = None  # a shadow run: the production run whose input it replays
 
     def to_dict(self) -> JsonDict:
         return {
             "run_id": self.id,
+            "shadow_of": self.shadow_of,
             "session_id": self.session_id,
             "tenant": self.tenant,
             "agent": self.agent_name,

@@ -415,10 +415,10 @@ async def test_in_memory_machine_keeps_its_invariants(
                 assert state is not OPEN or now_s >= changed_s + policy.cooldown_s
                 if state is HALF_OPEN:
                     if in_flight >= policy.half_open_probes:
-                        # only a probe lost for a whole cooldown may be replaced
+                        # only probes silent for a whole cooldown (since the newest) may be replaced
                         assert now_s >= changed_s + policy.cooldown_s
-                        changed_s, in_flight = now_s, 0
-                    in_flight += 1
+                        in_flight = 0
+                    changed_s, in_flight = now_s, in_flight + 1
         elif event is E.PEEK:
             observed = await breaker.state()
             cooled = state is OPEN and now_s >= changed_s + policy.cooldown_s

@@ -86,6 +86,48 @@ async def test_token_budget_counts_model_usage(runtime: Runtime) -> None:
     assert used["mutations"] == 1
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["joined", "separate"])
+async def test_counters_settle_the_same_in_the_store_transaction_or_apart(
+    tmp_path: Path, shared: bool
+) -> None:
+    """Counters in the run store's connection are charged with its events; apart, the same amounts."""
+    from tether.policy import InMemoryBudgetBackend
+
+    backend = None if shared else InMemoryBudgetBackend()
+    async with Runtime(f"sqlite:///{tmp_path / 'b.db'}", budget_backend=backend) as runtime:
+        outbox = Outbox()
+        run = await runtime.run(Agent("mail", model=emailing(2), tools=[outbox.tool]), "mail two")
+        assert run.status == RunStatus.SUCCEEDED
+        budget = Budget(runtime.budget_policy, runtime.budget_backend)
+        assert budget.joins(runtime.store.connection) is shared  # type: ignore[attr-defined]
+        report = (await budget.usage(Scope(run_id=run.id)))["run"]
+    assert {name: (c.used, c.reserved) for name, c in report.items() if c.used} == {
+        "tokens": (330, 0),
+        "cost_usd": (pytest.approx(0.003), 0),
+        "tool_calls": (2, 0),
+        "mutations": (2, 0),
+        "emails": (2, 0),
+    }
+
+
+async def test_a_refused_model_call_is_not_recorded_as_requested(runtime: Runtime) -> None:
+    """Over the token budget, the model is not asked, and no model.request says it was."""
+    calls: list[int] = []
+
+    def respond(request: ModelRequest) -> ModelResponse:
+        calls.append(request.turn)
+        return ModelResponse(content="done", usage=Usage(10, 10))
+
+    policy = BudgetPolicy(per_run=Limits(tokens=50))
+    agent = Agent("tiny", model=FunctionModel(respond), budget=policy)
+    run = await runtime.run(agent, "a question")
+    assert run.status == RunStatus.WAITING_HUMAN
+    assert calls == []
+    kinds = [e.kind for e in await runtime.events(run.id)]
+    assert "model.request" not in kinds
+    assert "budget.exceeded" in kinds
+
+
 async def test_concurrent_runs_of_one_principal_never_overshoot_the_day(runtime: Runtime) -> None:
     """Ten concurrent runs of one principal with a day budget of 5 emails send exactly 5."""
     outbox = Outbox()
@@ -124,7 +166,7 @@ def test_older_databases_are_migrated_in_place(tmp_path: Path) -> None:
     """A store written before sessions and tenants existed gains the columns and keeps its runs."""
     import sqlite3
 
-    from tether.store.sql import schema_statements
+    from tether.store.sql import SCHEMA_VERSION, schema_statements
     from tether.store.sqlite import SqliteRunStore
 
     path = tmp_path / "old.db"
@@ -141,4 +183,4 @@ def test_older_databases_are_migrated_in_place(tmp_path: Path) -> None:
     asyncio.run(store.close())
     assert (run.input, run.session_id, run.tenant) == ("hi", None, None)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM tether_schema").fetchone() == (3,)
+        assert db.execute("SELECT version FROM tether_schema").fetchone() == (SCHEMA_VERSION,)

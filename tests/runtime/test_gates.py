@@ -9,7 +9,7 @@ import pytest
 
 from tether import Agent, FunctionModel, ModelRequest, ModelResponse, RunStatus, Runtime
 from tether.errors import ConfigurationError
-from tether.policy.gates import ConfidenceGate, asks_for_a_human
+from tether.policy.gates import ConfidenceGate, asks_for_a_human, rephrasings
 
 
 def answering(*turns: tuple[str, float | None]) -> FunctionModel:
@@ -100,3 +100,29 @@ def test_thresholds_are_validated() -> None:
     """confirm_at above act_at is a configuration error."""
     with pytest.raises(ConfigurationError):
         ConfidenceGate(act_at=0.5, confirm_at=0.9)
+
+
+async def test_a_user_rephrasing_the_same_question_is_transferred(runtime: Runtime) -> None:
+    """The third asking of one question in a session, in other words, goes to a person, not the model."""
+    calls: list[int] = []
+    model = FunctionModel(lambda r: calls.append(1) or ModelResponse(content="Try again later."), name="m")
+    agent = Agent("a", model=model, gate=ConfidenceGate())
+    first = await runtime.run(agent, "Where is my refund for order A-1002?", session_id="chat-9")
+    second = await runtime.run(agent, "where is the refund for my order A-1002", session_id="chat-9")
+    other = await runtime.run(agent, "Where is my refund for order A-1002?", session_id="chat-10")
+    third = await runtime.run(agent, "My refund for A-1002, where is it??", session_id="chat-9")
+    assert [r.status for r in (first, second, other)] == [RunStatus.SUCCEEDED] * 3
+    assert third.status == RunStatus.WAITING_HUMAN
+    assert len(calls) == 3
+    [decision] = [e.data for e in await runtime.events(third.id) if e.kind == "gate.decision"]
+    assert decision == {"turn": 0, "action": "transfer", "trigger": "rephrasing", "rephrasings": 2}
+    [question] = await runtime.inbox()
+    assert question.reason == "human_requested"
+
+
+def test_rephrasings_count_similar_messages_in_a_row() -> None:
+    """Counting stops at the first earlier message that asks something else."""
+    earlier = ["where is my refund for A-1", "refund A-1 where", "what are your opening hours", "refund A-1"]
+    assert rephrasings("where's the refund for A-1?", earlier, 0.5) == 2
+    assert rephrasings("opening hours?", earlier, 0.5) == 0
+    assert rephrasings("refund for A-1", ["refund for A-1", "refund for A-1"], 0.5) == 2

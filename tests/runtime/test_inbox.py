@@ -236,3 +236,55 @@ async def test_agent_asks_a_targeted_question_and_gets_the_chosen_option(runtime
     assert done.status == RunStatus.SUCCEEDED
     tool_messages = [m.content for m in seen[-1].messages if m.role == "tool"]
     assert tool_messages == ["A person answered: replace (stock is fine)"]
+
+
+def drafting() -> tuple[FunctionModel, list[list[str]]]:
+    """A model that drafts a reply, and redrafts it with the reviewer's comment when asked."""
+    seen: list[list[str]] = []
+
+    def respond(request: ModelRequest) -> ModelResponse:
+        seen.append([m.content for m in request.messages if m.role == "user"])
+        if any("revision" in m.content for m in request.messages if m.role == "user"):
+            return ModelResponse(content="Dear customer, your refund of $40 is on its way.")
+        return ModelResponse(content="refund sent lol")
+
+    return FunctionModel(respond, name="drafter"), seen
+
+
+async def test_collaborative_review_sends_the_draft_the_person_approves(runtime: Runtime) -> None:
+    """A reviewed answer waits in the inbox with the draft; `send` delivers it as the agent wrote it."""
+    model, _ = drafting()
+    run = await runtime.run(Agent("desk", model=model, review=True), "where is my refund?")
+    assert run.status == RunStatus.WAITING_HUMAN
+    [question] = await runtime.inbox()
+    assert (question.reason, question.options) == ("review", ("send", "revise", "takeover"))
+    assert question.context["context"]["draft"] == "refund sent lol"
+    await runtime.answer(question.id, "send", by="lead")
+    run = await runtime.execute(run.id)
+    assert (run.status, run.output) == (RunStatus.SUCCEEDED, "refund sent lol")
+
+
+async def test_collaborative_review_revision_keeps_the_agent_primary(runtime: Runtime) -> None:
+    """`revise` hands the comment to the agent, which redrafts; the new draft is reviewed again."""
+    model, seen = drafting()
+    run = await runtime.run(Agent("desk", model=model, review=True), "where is my refund?")
+    [question] = await runtime.inbox()
+    with pytest.raises(InvalidAnswerError, match="comment"):
+        await runtime.answer(question.id, "revise")
+    await runtime.answer(question.id, "revise", text="be polite and give the amount ($40)")
+    run = await runtime.execute(run.id)
+    assert run.status == RunStatus.WAITING_HUMAN
+    [second] = await runtime.inbox()
+    assert second.context["context"]["draft"] == "Dear customer, your refund of $40 is on its way."
+    assert "be polite and give the amount ($40)" in seen[-1][-1]
+    await runtime.answer(second.id, "send")
+    run = await runtime.execute(run.id)
+    assert run.output == "Dear customer, your refund of $40 is on its way."
+
+
+async def test_review_predicate_selects_which_answers_wait(runtime: Runtime) -> None:
+    """With a predicate, only answers it selects are reviewed; the others go out at once."""
+    model, _ = drafting()
+    agent = Agent("desk", model=model, review=lambda answer: "refund" in answer and "lol" not in answer)
+    run = await runtime.run(agent, "where is my refund?")
+    assert (run.status, run.output) == (RunStatus.SUCCEEDED, "refund sent lol")

@@ -717,7 +717,7 @@ async def test_failing_sink_does_not_break_the_run(
     assert [e.seq for e in received] == sorted(e.seq for e in received)
     assert received == events[len(events) - len(received) :]
     assert received[-1].kind == "run.completed"
-    assert "event sink" in caplog.text
+    assert "observer" in caplog.text
     assert "sink down" in caplog.text
 
 

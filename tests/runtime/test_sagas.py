@@ -108,6 +108,16 @@ def test_resumed_compensation_skips_undos_already_done() -> None:
     assert state.compensated == {"r:1:0:compensate"}
 
 
+def test_an_approval_setting_of_the_wrong_kind_is_refused() -> None:
+    """approval="always" (a string) is an error naming the accepted forms, not silently no approval."""
+    with pytest.raises(ConfigurationError, match="approval must be True, False, a predicate"):
+
+        @tool(side_effect="write", approval="always")  # type: ignore[arg-type]
+        def charge() -> str:
+            """Charge."""
+            return ""
+
+
 def test_only_write_tools_compensate() -> None:
     """Declaring an undo on a read tool is a configuration error."""
     with pytest.raises(ConfigurationError, match="only write tools"):
@@ -116,3 +126,98 @@ def test_only_write_tools_compensate() -> None:
         def lookup() -> str:
             """Look."""
             return ""
+
+
+class ApprovalShop:
+    """Reserves stock, then asks for a charge that needs a person's approval."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+        def unreserve(sku: str) -> None:
+            self.log.append(f"unreserve {sku}")
+
+        @tool(side_effect="write", idempotent=True, compensate=unreserve)
+        def reserve(sku: str) -> str:
+            """Reserve stock."""
+            self.log.append(f"reserve {sku}")
+            return "reserved"
+
+        @tool(side_effect="write", idempotent=True, approval=True)
+        def charge(order_id: str) -> str:
+            """Charge the card."""
+            self.log.append(f"charge {order_id}")
+            return "charged"
+
+        def respond(request: ModelRequest) -> ModelResponse:
+            steps = [("reserve", {"sku": "KETTLE"}), ("charge", {"order_id": "A-1"})]
+            if request.turn < len(steps):
+                name, arguments = steps[request.turn]
+                return ModelResponse(
+                    tool_calls=(ToolCall(f"c{request.turn}", name, arguments, json.dumps(arguments)),)
+                )
+            return ModelResponse(content="done")
+
+        self.agent = Agent("shop", model=FunctionModel(respond, name="shop"), tools=[reserve, charge])
+
+
+async def test_cancelling_a_run_undoes_its_writes_and_withdraws_its_question(runtime: Runtime) -> None:
+    """A run waiting for approval after a write is cancelled: the write is undone, the question withdrawn."""
+    shop = ApprovalShop()
+    run = await runtime.run(shop.agent, "buy a kettle")
+    assert run.status == RunStatus.WAITING_HUMAN
+    run = await runtime.cancel(run.id, "customer changed their mind")
+    assert run.status == RunStatus.CANCELLED
+    assert shop.log == ["reserve KETTLE", "unreserve KETTLE"]
+    assert await runtime.inbox() == []
+    events = await runtime.events(run.id)
+    assert [e.kind for e in events[-3:]] == ["compensation.started", "compensation.ran", "run.cancelled"]
+    assert events[-1].data == {"reason": "customer changed their mind", "compensated": True}
+
+
+async def test_a_cancel_from_a_runtime_without_the_agent_leaves_the_undo_to_a_worker(tmp_path: Path) -> None:
+    """Cancelled where the agent is unknown (e.g. the CLI), the run is queued to be undone by a worker."""
+    shop = ApprovalShop()
+    url = f"sqlite:///{tmp_path / 'saga.db'}"
+    async with Runtime(url) as first:
+        run = await first.run(shop.agent, "buy a kettle")
+    async with Runtime(url) as cli:
+        run = await cli.cancel(run.id, "operator")
+    assert run.status == RunStatus.QUEUED
+    assert shop.log == ["reserve KETTLE"]
+    async with Runtime(url, agents=[shop.agent]) as worker:
+        run = await worker.execute(run.id)
+    assert run.status == RunStatus.CANCELLED
+    assert shop.log == ["reserve KETTLE", "unreserve KETTLE"]
+
+
+async def test_a_run_without_writes_is_cancelled_at_once(runtime: Runtime) -> None:
+    """Nothing took effect, so nothing is undone: the cancel ends the run immediately."""
+    shop = ApprovalShop()
+    run = await runtime.start(shop.agent, "buy a kettle")
+    run = await runtime.cancel(run.id)
+    assert run.status == RunStatus.CANCELLED
+    assert "compensation.started" not in [e.kind for e in await runtime.events(run.id)]
+
+
+async def test_discarding_a_dead_letter_undoes_its_writes(tmp_path: Path) -> None:
+    """A run dead-lettered after a write is discarded: the write is undone and the run ends cancelled."""
+    from tether.policy import ConfidenceGate
+
+    shop = ApprovalShop()
+
+    def verifier(request: ModelRequest, response: ModelResponse) -> float:
+        if request.turn >= 1:
+            raise RuntimeError("verifier bug")
+        return 0.99
+
+    agent = Agent(
+        "shop", model=shop.agent.model, tools=shop.agent.tools, gate=ConfidenceGate(), verifier=verifier
+    )
+    async with Runtime(f"sqlite:///{tmp_path / 'saga.db'}", max_attempts=1) as runtime:
+        run = await runtime.run(agent, "buy a kettle")
+        assert run.status == RunStatus.DEAD_LETTERED
+        assert shop.log == ["reserve KETTLE"]
+        run = await runtime.discard(run.id)
+    assert run.status == RunStatus.CANCELLED
+    assert shop.log == ["reserve KETTLE", "unreserve KETTLE"]

@@ -285,6 +285,28 @@ async def test_append_with_a_taken_seq_writes_nothing(store: SqliteRunStore) -> 
     assert await store.get_operation("k") is None
 
 
+async def test_within_runs_in_the_append_transaction(store: SqliteRunStore) -> None:
+    """A `within` step that raises rolls its append back; one that returns commits with it."""
+    await claimed(store, "r1")
+
+    def refuse() -> None:
+        raise RuntimeError("refused inside the transaction")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        await store.append_events("r1", "A", 1, [EventDraft("model.request")], within=refuse)
+    assert [e.kind for e in await store.load_events("r1")] == ["run.started"]
+    seen: list[bool] = []
+    await store.append_events(
+        "r1",
+        "A",
+        1,
+        [EventDraft("model.request")],
+        within=lambda: seen.append(store.connection.in_transaction),
+    )
+    assert seen == [True]
+    assert [e.kind for e in await store.load_events("r1")] == ["run.started", "model.request"]
+
+
 async def test_usage_accumulates(store: SqliteRunStore) -> None:
     """Usage of each append adds up; a missing cost does not erase a known one."""
     await claimed(store, "r1")

@@ -12,6 +12,7 @@ from pathlib import Path
 from tether.agent import Agent
 from tether.models.base import Model, estimate_tokens
 from tether.models.scripted import FunctionModel
+from tether.policy.gates import ConfidenceGate
 from tether.resilience.retry import RetryPolicy
 from tether.tools import Tool, ToolContext, tool
 from tether.types import ModelRequest, ModelResponse, ToolCall, Usage
@@ -113,7 +114,19 @@ def build_support_agent(orders_db: Path, model: str | Model | None = None) -> Ag
         model=model or FunctionModel(support_brain, name="scripted:support-desk"),
         tools=tools,
         max_steps=8,
+        # The confidence gate: "let me talk to a human" goes to a person at once; an answer the
+        # verifier doubts (an order it could not find) is confirmed with the user first.
+        gate=ConfidenceGate(),
+        verifier=demo_verifier,
     )
+
+
+def demo_verifier(request: ModelRequest, response: ModelResponse) -> float:
+    """The demo's confidence hook: sure of tool calls and answers about found orders, less so when an
+    order could not be found (the customer may have mistyped it)."""
+    if not response.tool_calls and "could not find" in response.content.lower():
+        return 0.7
+    return 0.95
 
 
 def support_brain(request: ModelRequest) -> ModelResponse:
@@ -179,9 +192,11 @@ def demo_inputs(count: int) -> list[str]:
     inputs = []
     for n in range(count):
         order = f"A-{1000 + (n * 13) % 60}" if n % 9 != 8 else f"A-{9000 + n}"
-        if n % 3 == 2:  # a customer who just asked for a refund asks about the same order again
+        if n % 3 == 2 and n % 9 != 8:  # a customer who just asked for a refund asks about that order again
             order = f"A-{1000 + ((n - 1) * 13) % 60}"
-        if n % 5 == 4:
+        if n % 10 == 7:
+            inputs.append("This is getting nowhere, let me talk to a human please.")  # the gate transfers
+        elif n % 5 == 4:
             inputs.append("What is your refund policy?")  # asked again and again: the cache answers
         elif n % 3 == 2:
             inputs.append(f"Where is my order {order}?")

@@ -45,7 +45,10 @@ LABELS = {
     "tool_cache_hits": "tool results served from the cache (no tool call)",
     "tool_retries": "flaky tool calls retried",
     "tool_failures_recovered": "tool failures the agent worked around",
+    "gate_transfers": "  of which handed to a person at the user's request (gate)",
+    "gate_confirms": "  of which answers the gate asked the user to confirm",
     "budget_warnings": "budget warnings (80% of a limit)",
+    "guardrail_verdicts": "guardrail verdicts (injection, size)",
     "dead_lettered": "dead-lettered runs",
     "model_steps": "model steps",
     "cost_usd": "cost (USD, demo prices)",
@@ -108,13 +111,16 @@ async def run_demo(db_url: str, runs: int, concurrency: int, *, quiet: bool = Fa
             wanted = set(run_ids)
             approvals = sum(1 for q in await runtime.inbox() if q.reason == "approval" and q.run_id in wanted)
             kinds: Counter[str] = Counter()
-            recovered = closed = tool_hits = 0
+            recovered = closed = tool_hits = transfers = confirms = 0
             for run in final:
                 for event in await runtime.events(run.id):
                     kinds[event.kind] += 1
                     recovered += event.kind == "tool.result" and event.data.get("error") == "failed"
                     closed += event.kind == "breaker.changed" and event.data.get("to") == "closed"
                     tool_hits += event.kind == "cache.hit" and event.data.get("layer") == "tool"
+                    if event.kind == "gate.decision" and run.status == RunStatus.WAITING_HUMAN:
+                        transfers += event.data.get("action") == "transfer"
+                        confirms += event.data.get("action") == "confirm"
             await gateway.aclose()
         stats = (providers.primary.stats, providers.backup.stats)
     await store.close()
@@ -139,6 +145,9 @@ async def run_demo(db_url: str, runs: int, concurrency: int, *, quiet: bool = Fa
         "tool_retries": kinds["tool.retry"],
         "tool_failures_recovered": recovered,
         "budget_warnings": kinds["budget.warning"],
+        "gate_transfers": transfers,
+        "gate_confirms": confirms,
+        "guardrail_verdicts": kinds["guardrail.verdict"],
         "dead_lettered": by_status[RunStatus.DEAD_LETTERED],
         "awaiting_approval": approvals,
         "model_steps": kinds["model.response"],

@@ -319,7 +319,11 @@ class Gateway:
             )
         self.spend.add(spec, request, usage)
         return replace(
-            response, usage=usage, model=response.model or spec, events=(*events, *response.events)
+            response,
+            usage=usage,
+            model=response.model or spec,
+            served_by=spec,
+            events=(*events, *response.events),
         )
 
     def _longer_context_first(self, chain: list[str], failed: str) -> list[str]:

@@ -21,6 +21,7 @@ from tether.errors import (
     RateLimitedError,
     classify_status,
 )
+from tether.models.base import secret_from_env
 from tether.types import JsonDict, Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -63,11 +64,12 @@ class AnthropicModel:
             raise ConfigurationError(
                 f"Anthropic base URL {base!r} must be an http(s) URL such as {DEFAULT_BASE_URL}"
             )
-        key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
+        key = api_key or secret_from_env("ANTHROPIC_API_KEY") or None
         # Local gateways and proxies often need no key; only the official API certainly does.
         if key is None and url.host == _OFFICIAL_HOST:
             raise ConfigurationError(
                 f"model 'anthropic:{model_name}' needs an API key: set ANTHROPIC_API_KEY "
+                "(or ANTHROPIC_API_KEY_FILE) "
                 "(or point ANTHROPIC_BASE_URL at a gateway that needs none)"
             )
         self._model_name = model_name

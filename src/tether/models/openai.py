@@ -22,6 +22,7 @@ from tether.errors import (
     ModelTimeoutError,
     RateLimitedError,
 )
+from tether.models.base import secret_from_env
 from tether.types import JsonDict, Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -61,11 +62,12 @@ class OpenAIModel:
             raise ConfigurationError(
                 f"OpenAI base URL {resolved_url!r} must be an http(s) URL like {DEFAULT_BASE_URL}"
             )
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        key = api_key if api_key is not None else secret_from_env("OPENAI_API_KEY")
         # Local servers (vLLM, Ollama, llama.cpp) need no key; only OpenAI itself insists on one.
         if not key and parsed_url.host == _OPENAI_HOST:
             raise ConfigurationError(
-                f"no API key for {resolved_url}: set OPENAI_API_KEY or pass api_key= "
+                f"no API key for {resolved_url}: set OPENAI_API_KEY (or OPENAI_API_KEY_FILE) "
+                "or pass api_key= "
                 "(or point OPENAI_BASE_URL at a local server that needs none)"
             )
         self._model_name = model_name

@@ -345,6 +345,27 @@ class SqliteBudgetBackend:
         if self._db.in_transaction:  # an error may have rolled it back already
             self._db.execute("ROLLBACK")
 
+    def joins(self, connection: object) -> bool:
+        """Whether this backend's counters live in `connection` (a run store's), so that a reservation
+        can be written in the same transaction as the event that records the call."""
+        return connection is self._db
+
+    def reserve_joined(
+        self, reservation_id: str, checks: Sequence[Check], now_s: float, expires_at_s: float
+    ) -> ReserveResult:
+        """`reserve` inside the transaction the connection's owner has open (see `joins`)."""
+        if not self._db.in_transaction:
+            raise StoreError("reserve_joined needs a transaction open on the shared connection")
+        return self._reserve(self._db, reservation_id, checks, now_s, expires_at_s)
+
+    def settle_joined(
+        self, reservation_id: str, charges: Sequence[Check], now_s: float
+    ) -> tuple[Crossed, ...]:
+        """`settle` inside the transaction the connection's owner has open (see `joins`)."""
+        if not self._db.in_transaction:
+            raise StoreError("settle_joined needs a transaction open on the shared connection")
+        return self._settle(self._db, reservation_id, charges)
+
     async def reserve(
         self, reservation_id: str, checks: Sequence[Check], now_s: float, expires_at_s: float
     ) -> ReserveResult:

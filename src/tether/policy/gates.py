@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +19,51 @@ _HUMAN_REQUEST = re.compile(
 )
 
 
+_WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "i",
+        "me",
+        "my",
+        "you",
+        "your",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "its",
+        "to",
+        "of",
+        "in",
+        "on",
+        "at",
+        "for",
+        "and",
+        "or",
+        "but",
+        "please",
+        "can",
+        "could",
+        "would",
+        "will",
+        "do",
+        "does",
+        "did",
+        "not",
+        "no",
+        "this",
+        "that",
+        "with",
+    ]
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ConfidenceGate:
     """Thresholds for one agent (route); the confidence comes from the model or a verifier hook."""
@@ -25,6 +71,10 @@ class ConfidenceGate:
     act_at: float = 0.85
     confirm_at: float = 0.60
     transfer_on_request: bool = True  # "let me talk to a human" skips the agent entirely
+    # The user asked the same thing this many times before in the session (rephrasing it): transfer.
+    # None: never. Similar = at least `rephrase_similarity` of their words (Jaccard) in common.
+    transfer_after_rephrasings: int | None = 2
+    rephrase_similarity: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 <= self.confirm_at <= self.act_at <= 1:
@@ -38,6 +88,24 @@ class ConfidenceGate:
         if confidence >= self.confirm_at:
             return "confirm"
         return "escalate"
+
+
+def rephrasings(text: str, earlier: Sequence[str], similarity: float) -> int:
+    """How many of the `earlier` messages (newest first) in a row say what `text` says, in other words:
+    Jaccard similarity of their word sets at least `similarity`."""
+    words = _words(text)
+    count = 0
+    for previous in earlier:
+        other = _words(previous)
+        union = words | other
+        if not union or len(words & other) / len(union) < similarity:
+            break
+        count += 1
+    return count
+
+
+def _words(text: str) -> set[str]:
+    return {word for word in _WORD.findall(text.lower()) if word not in _STOPWORDS}
 
 
 def asks_for_a_human(text: str) -> bool:

@@ -18,7 +18,14 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from tether.errors import BudgetExceededError, ConfigurationError
-from tether.policy.budget_stores import BudgetBackend, Check, InMemoryBudgetBackend, Refusal
+from tether.policy.budget_stores import (
+    BudgetBackend,
+    Check,
+    InMemoryBudgetBackend,
+    Refusal,
+    ReserveResult,
+    SqliteBudgetBackend,
+)
 from tether.resilience.retry import duration_s
 from tether.types import EventKind, JsonDict, Usage
 
@@ -206,6 +213,29 @@ class Reservation:
     warnings: tuple[Crossing, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A reservation about to be asked of a backend: its checks and which level owns each."""
+
+    id: str
+    scope: Scope
+    amounts: dict[str, float]
+    levels: tuple[ScopeLevel, ...]
+    checks: list[Check]
+    owners: list[ScopeLevel]
+    now_s: float
+    expires_at_s: float
+
+    def outcome(self, result: ReserveResult) -> Reservation:
+        """The reservation, or BudgetExceededError when a check did not fit (nothing is held)."""
+        if result.refusal is not None:
+            index = result.refusal.index
+            raise _refused(self.owners[index], self.checks[index], result.refusal, self.now_s)
+        checks, owners = self.checks, self.owners
+        warnings = tuple(_crossing(owners[c.index], checks[c.index], c.level) for c in result.crossed)
+        return Reservation(self.id, self.scope, self.amounts, self.levels, warnings)
+
+
 def usage_amounts(usage: Usage) -> dict[str, float]:
     """What a model call's Usage charges: tokens, and cost when the price was known."""
     amounts = {"tokens": float(usage.input_tokens + usage.output_tokens)}
@@ -280,17 +310,9 @@ class Budget:
     async def reserve(self, scope: Scope, amounts: Mapping[str, float]) -> Reservation:
         """Hold `amounts` (e.g. {"tokens": 1200, "cost_usd": 0.004}) at every level, or raise
         BudgetExceededError naming the level, counter, limit and usage; then nothing is held."""
-        units = _to_units(amounts)
-        now_s = self._clock()
-        levels = self.levels(scope, now_s)
-        checks, owners = self._checks(levels, units)
-        reservation_id = uuid.uuid4().hex
-        result = await self._backend.reserve(reservation_id, checks, now_s, now_s + self.reservation_ttl_s)
-        if result.refusal is not None:
-            index = result.refusal.index
-            raise _refused(owners[index], checks[index], result.refusal, now_s)
-        warnings = tuple(_crossing(owners[c.index], checks[c.index], c.level) for c in result.crossed)
-        return Reservation(reservation_id, scope, dict(amounts), levels, warnings)
+        plan = self._plan(scope, amounts)
+        result = await self._backend.reserve(plan.id, plan.checks, plan.now_s, plan.expires_at_s)
+        return plan.outcome(result)
 
     async def settle(self, reservation: Reservation, actual: Mapping[str, float]) -> list[Crossing]:
         """Replace the reservation by `actual` usage (more or less than reserved; never refused).
@@ -298,6 +320,39 @@ class Budget:
         checks, owners = self._checks(reservation.levels, _to_units(actual))
         crossed = await self._backend.settle(reservation.id, checks, self._clock())
         return [_crossing(owners[c.index], checks[c.index], c.level) for c in crossed]
+
+    def joins(self, connection: object) -> bool:
+        """Whether the counters live in `connection` (a run store's): then `reserve_joined` and
+        `settle_joined` write in the transaction the store has open, one commit instead of two."""
+        return isinstance(self._backend, SqliteBudgetBackend) and self._backend.joins(connection)
+
+    def reserve_joined(self, scope: Scope, amounts: Mapping[str, float]) -> Reservation:
+        """`reserve`, inside the transaction open on the shared connection (see `joins`)."""
+        plan = self._plan(scope, amounts)
+        backend = self._joinable()
+        return plan.outcome(backend.reserve_joined(plan.id, plan.checks, plan.now_s, plan.expires_at_s))
+
+    def settle_joined(self, reservation: Reservation, actual: Mapping[str, float]) -> list[Crossing]:
+        """`settle`, inside the transaction open on the shared connection (see `joins`)."""
+        checks, owners = self._checks(reservation.levels, _to_units(actual))
+        backend = self._joinable()
+        crossed = backend.settle_joined(reservation.id, checks, self._clock())
+        return [_crossing(owners[c.index], checks[c.index], c.level) for c in crossed]
+
+    def _joinable(self) -> SqliteBudgetBackend:
+        if not isinstance(self._backend, SqliteBudgetBackend):
+            raise ConfigurationError(
+                f"{type(self._backend).__name__} cannot join a run store's transaction; "
+                "check Budget.joins(connection) first"
+            )
+        return self._backend
+
+    def _plan(self, scope: Scope, amounts: Mapping[str, float]) -> _Plan:
+        now_s = self._clock()
+        levels = self.levels(scope, now_s)
+        checks, owners = self._checks(levels, _to_units(amounts))
+        expires_at_s = now_s + self.reservation_ttl_s
+        return _Plan(uuid.uuid4().hex, scope, dict(amounts), levels, checks, owners, now_s, expires_at_s)
 
     async def release(self, reservation: Reservation) -> None:
         """Give the reservation back: the call did not happen."""

@@ -143,8 +143,11 @@ def transition(
         if event is BreakerEvent.ALLOW and now_s >= since_s + policy.cooldown_s:
             new, allowed = BreakerRecord(BreakerState.HALF_OPEN, now_s, probes_taken=1), True
     elif event is BreakerEvent.ALLOW:
-        if record.probes_taken < policy.half_open_probes:
-            new, allowed = dataclasses.replace(record, probes_taken=record.probes_taken + 1), True
+        if record.probes_taken - record.probes_ok < policy.half_open_probes:  # probes still out
+            # `since` moves to the newest probe: only when none was handed out for a whole cooldown
+            # are they presumed lost (a probe handed out just now never is).
+            new = dataclasses.replace(record, probes_taken=record.probes_taken + 1, since_s=now_s)
+            allowed = True
         elif now_s >= since_s + policy.cooldown_s:
             # Probes silent for a whole cooldown are presumed lost (a crashed worker): start over,
             # or a breaker shared through Redis would stay half-open for ever.
@@ -157,7 +160,8 @@ def transition(
     elif event is BreakerEvent.FAILURE:
         new = BreakerRecord(BreakerState.OPEN, now_s)
     elif event is BreakerEvent.RELEASE:
-        new = dataclasses.replace(record, probes_taken=max(0, record.probes_taken - 1))
+        # A probe handed out and never made; one that already reported cannot be taken back.
+        new = dataclasses.replace(record, probes_taken=max(record.probes_ok, record.probes_taken - 1))
     return new, BreakerStep(old, new.state, allowed, new.since_s, calls, failures)
 
 
@@ -262,8 +266,8 @@ elseif old == 'open' then
     allowed = 1
   end
 elseif event == 'allow' then
-  if taken < probes then
-    taken, allowed, dirty = taken + 1, 1, true
+  if taken - ok < probes then
+    taken, allowed, dirty, since_s = taken + 1, 1, true, now_s
   elseif now >= since + cooldown then
     enter('half_open', 1)
     allowed = 1
@@ -273,7 +277,7 @@ elseif event == 'success' then
 elseif event == 'failure' then
   enter('open', 0)
 elseif event == 'release' then
-  taken, dirty = math.max(0, taken - 1), true
+  taken, dirty = math.max(ok, taken - 1), true
 end
 if new ~= 'closed' then
   if old == 'closed' then redis.call('DEL', KEYS[2], KEYS[3]) end

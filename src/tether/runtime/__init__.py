@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from tether.runtime.loop import EventSink, RunLoop
+from tether.runtime.hooks import EventSink, RunObserver
+from tether.runtime.loop import RunLoop
 from tether.runtime.runner import Runtime, Worker, WorkerStats, load_target
 from tether.runtime.state import RunState
 
-__all__ = ["EventSink", "RunLoop", "RunState", "Runtime", "Worker", "WorkerStats", "load_target"]
+__all__ = [
+    "EventSink",
+    "RunLoop",
+    "RunObserver",
+    "RunState",
+    "Runtime",
+    "Worker",
+    "WorkerStats",
+    "load_target",
+]

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 
 from tether.errors import BudgetExceededError
 from tether.models.base import estimate_tokens
-from tether.policy.limits import Budget, Crossing, Reservation, Scope, usage_amounts
+from tether.policy.limits import Budget, Crossing, Reservation, Scope
 from tether.runtime.steps import LoopSteps
-from tether.store.base import EventDraft
+from tether.store.base import EventDraft, OperationWrite
 from tether.tools import Tool
 from tether.types import EventKind, ModelRequest, RunStatus, Usage
 
@@ -23,8 +23,11 @@ class BudgetSteps(LoopSteps):
     """Mixed into RunLoop (see LoopSteps for what it provides)."""
 
     budget: Budget | None
+    budget_joined: bool  # the budget's counters live in the run store's connection
 
     def _scope(self) -> Scope:
+        if self.run.shadow_of is not None:  # a shadow run spends nobody's budget but its own
+            return Scope(run_id=self.run.id)
         return Scope(
             run_id=self.run.id,
             session_id=self.run.session_id,
@@ -32,8 +35,8 @@ class BudgetSteps(LoopSteps):
             tenant=self.run.tenant,
         )
 
-    async def _reserve_model_call(self, request: ModelRequest) -> Reservation | None:
-        """Hold tokens (prompt + expected answer) and cost (the last turn's, as the estimate)."""
+    def _model_call_amounts(self, request: ModelRequest) -> dict[str, float] | None:
+        """What a model call holds: tokens (prompt + expected answer) and cost (the last turn's)."""
         if self.budget is None:
             return None
         tokens = sum(estimate_tokens(m.content) for m in request.messages)
@@ -42,7 +45,7 @@ class BudgetSteps(LoopSteps):
         last = self.state.last_response
         if last is not None and last.usage.cost_usd is not None:
             amounts["cost_usd"] = last.usage.cost_usd
-        return await self._reserve(amounts)
+        return amounts
 
     async def _reserve_tool_call(self, tool: Tool) -> Reservation | None:
         if self.budget is None:
@@ -50,20 +53,61 @@ class BudgetSteps(LoopSteps):
         amounts: dict[str, float] = {"tool_calls": 1.0, **tool.counts}
         if tool.side_effect == "write":
             amounts["mutations"] = 1.0
-        return await self._reserve(amounts)
-
-    async def _reserve(self, amounts: Mapping[str, float]) -> Reservation:
-        assert self.budget is not None
         reservation = await self.budget.reserve(self._scope(), amounts)
         await self._warn(reservation.warnings)
         return reservation
 
-    async def _settle(self, reservation: Reservation | None, actual: Mapping[str, float]) -> None:
-        if reservation is not None and self.budget is not None:
-            await self._warn(await self.budget.settle(reservation, actual))
+    async def _append_reserving(
+        self, draft: EventDraft, amounts: Mapping[str, float] | None
+    ) -> Reservation | None:
+        """Record `draft` with `amounts` held for the call it announces; when the counters live in the
+        run store's connection, both are one transaction. Refused: BudgetExceededError, nothing
+        recorded and nothing held."""
+        budget = self.budget
+        if budget is None or amounts is None:
+            await self._append(draft)
+            return None
+        if self.budget_joined:
+            held: list[Reservation] = []
+            scope = self._scope()
+            await self._append(draft, within=lambda: held.append(budget.reserve_joined(scope, amounts)))
+            reservation = held[0]
+        else:
+            reservation = await budget.reserve(self._scope(), amounts)
+            try:
+                await self._append(draft)
+            except BaseException:
+                await budget.release(reservation)
+                raise
+        await self._warn(reservation.warnings)
+        return reservation
 
-    async def _settle_model_call(self, reservation: Reservation | None, usage: Usage) -> None:
-        await self._settle(reservation, usage_amounts(usage))
+    async def _append_settling(
+        self,
+        *drafts: EventDraft,
+        reservation: Reservation | None,
+        actual: Mapping[str, float],
+        usage: Usage | None = None,
+        operations: Sequence[OperationWrite] = (),
+    ) -> None:
+        """Record `drafts` and charge `actual` to the reservation of the call they record; one
+        transaction when the counters live in the run store's connection."""
+        budget = self.budget
+        if budget is None or reservation is None:
+            await self._append(*drafts, usage=usage, operations=operations)
+            return
+        crossings: list[Crossing] = []
+        if self.budget_joined:
+            await self._append(
+                *drafts,
+                usage=usage,
+                operations=operations,
+                within=lambda: crossings.extend(budget.settle_joined(reservation, actual)),
+            )
+        else:
+            await self._append(*drafts, usage=usage, operations=operations)
+            crossings = await budget.settle(reservation, actual)
+        await self._warn(crossings)
 
     async def _release(self, reservation: Reservation | None) -> None:
         if reservation is not None and self.budget is not None:

@@ -10,7 +10,7 @@ import json
 import secrets
 
 from tether.errors import ToolArgumentsError
-from tether.policy.gates import asks_for_a_human
+from tether.policy.gates import ConfidenceGate, asks_for_a_human, rephrasings
 from tether.runtime.steps import LoopSteps
 from tether.store.base import EventDraft, NewEscalation, OperationWrite
 from tether.tools import ask_person
@@ -23,6 +23,7 @@ ANSWER_OPTIONS: dict[str, tuple[str, ...]] = {
     "user_confirmation": ("confirm", "reject"),
     "unknown_outcome": ("happened", "did_not_happen", "takeover"),
     "approval": ("approve", "deny", "edit", "takeover"),
+    "review": ("send", "revise", "takeover"),
 }
 
 
@@ -30,14 +31,43 @@ class HumanSteps(LoopSteps):
     """Mixed into RunLoop (see LoopSteps for what it provides)."""
 
     async def _ask_approval(self, pending: list[tuple[int, ToolCall]]) -> RunStatus | None:
-        """Park the run for a person when a pending call's tool requires approval for its arguments."""
+        """Park the run for a person when a pending call's tool requires approval for its arguments,
+        or the call is unlike the agent's usual behaviour."""
         asks = []
+        counts, writes = dict(self.state.tool_counts), self.state.write_count
         for index, call in pending:
+            tool = self.agent.tool(call.name)
+            if tool is None or index in self.state.approvals or not self._may_call(tool, call.arguments):
+                continue
+            anomaly = await self._unusual(tool, counts, writes)
+            counts[tool.name] = counts.get(tool.name, 0) + 1
+            writes += tool.side_effect == "write"
+            if anomaly is not None:
+                await self._record_anomaly(anomaly)
+                asks.append(
+                    (
+                        {
+                            "index": index,
+                            "tool": tool.name,
+                            "arguments": call.arguments,
+                            "why": anomaly.reason,
+                        },
+                        tool,
+                    )
+                )
+        asked = {ask["index"] for ask, _ in asks}
+        for index, call in pending:
+            if index in asked:
+                continue
             tool = self.agent.tool(call.name)
             if tool is not None and tool.name == ask_person.name and index not in self.state.approvals:
                 return await self._ask_question(index, call)
             if tool is None or tool.approval is None or index in self.state.approvals:
                 continue
+            if self.run.shadow_of is not None and tool.side_effect == "write":
+                continue  # a shadow run's writes are not made, so there is nothing to approve
+            if not self._may_call(tool, call.arguments):
+                continue  # refused by the deny list or the policy: nobody is asked to approve it
             try:
                 arguments = tool.validate(call.arguments, call.raw_arguments).model_dump()
             except ToolArgumentsError:
@@ -50,11 +80,12 @@ class HumanSteps(LoopSteps):
         if not asks:
             return None
         names = ", ".join(f"{ask['tool']}({json.dumps(ask['arguments'])})" for ask, _ in asks)
+        expiries = [tool.approval.expires_s for _, tool in asks if tool.approval is not None]
         return await self._escalate(
             "approval",
             f"Approve, deny (with a message for the agent) or edit: {names}",
             {"calls": [ask for ask, _ in asks]},
-            expires_s=min(tool.approval.expires_s for _, tool in asks if tool.approval is not None),
+            expires_s=min(expiries) if expiries else None,
         )
 
     async def _ask_question(self, index: int, call: ToolCall) -> RunStatus:
@@ -119,6 +150,13 @@ class HumanSteps(LoopSteps):
         )
         data["escalation_id"] = escalation.id
         data["options"] = list(options)
+        if self.run.shadow_of is not None:
+            # A shadow run never asks anyone: it ends where production would have waited for a person.
+            return await self._finish(
+                RunStatus.ESCALATED,
+                EventDraft(EventKind.ESCALATION_OPENED, {**data, "shadow": True}),
+                error=message,
+            )
         return await self._finish(
             RunStatus.WAITING_HUMAN,
             EventDraft(EventKind.ESCALATION_OPENED, data),
@@ -153,6 +191,12 @@ class HumanSteps(LoopSteps):
                     extra["rejected"] = f"The user did not confirm this answer: {text or 'no reason given'}"
             await self._append(EventDraft(EventKind.ESCALATION_APPLIED, {**applied, **extra}))
             return None
+        if answer["reason"] == "review":
+            # The agent stays primary: its draft goes out as it is, or it revises it with the comment.
+            revision = f"A reviewer asks for a revision before this answer is sent: {text}"
+            extra = {"review_sent": True} if choice == "send" else {"rejected": revision}
+            await self._append(EventDraft(EventKind.ESCALATION_APPLIED, {**applied, **extra}))
+            return None
         if answer["reason"] in ("question", "approval"):
             # Decisions on the calls the question covered: approve/deny/edit, or the chosen option.
             calls = (answer.get("context") or {}).get("calls", [])
@@ -165,6 +209,12 @@ class HumanSteps(LoopSteps):
         if answer["reason"] != "unknown_outcome" or self.state.last_response is None:
             await self._append(EventDraft(EventKind.ESCALATION_APPLIED, applied))  # "continue"
             return None
+        await self._settle_unknown_outcomes(choice, text, answer["by"], applied)
+        return None
+
+    async def _settle_unknown_outcomes(self, choice: str, text: str, by: str, applied: JsonDict) -> None:
+        """A person said whether calls with unknown outcomes took effect: record it per call."""
+        assert self.state.last_response is not None
         drafts: list[EventDraft] = []
         operations: list[OperationWrite] = []
         settled: list[int] = []
@@ -182,24 +232,41 @@ class HumanSteps(LoopSteps):
             if choice == "happened" and crashed:
                 content = f"A person confirmed this call took effect. {text}".strip()
                 base = {"turn": turn, "index": index, "call_id": call.id, "tool": call.name}
-                result = {**base, "ok": True, "outcome": "succeeded", "content": content, "by": answer["by"]}
+                result = {**base, "ok": True, "outcome": "succeeded", "content": content, "by": by}
                 drafts.append(EventDraft(EventKind.TOOL_RESULT, result))
-                operations.append(
-                    OperationWrite(key, self.run.id, call.name, "succeeded", result={"by": answer["by"]})
-                )
+                operations.append(OperationWrite(key, self.run.id, call.name, "succeeded", result={"by": by}))
             elif choice == "did_not_happen" and crashed:
-                drafts.append(
-                    EventDraft(EventKind.TOOL_RESET, {"turn": turn, "index": index, "by": answer["by"]})
-                )
-                operations.append(
-                    OperationWrite(key, self.run.id, call.name, "failed", result={"by": answer["by"]})
-                )
+                drafts.append(EventDraft(EventKind.TOOL_RESET, {"turn": turn, "index": index, "by": by}))
+                operations.append(OperationWrite(key, self.run.id, call.name, "failed", result={"by": by}))
         await self._append(
             EventDraft(EventKind.ESCALATION_APPLIED, {**applied, "settled": settled}),
             *drafts,
             operations=operations,
         )
-        return None
+
+    async def _review(self, answer: str) -> RunStatus | None:
+        """Collaborative review: park a final answer the agent's `review` selects until a person sends
+        it or asks for a revision; an answer already sent by a reviewer goes out."""
+        review = self.agent.review
+        if not review or self.state.reviewed_turn == self.state.turns:
+            return None
+        if callable(review) and not review(answer):
+            return None
+        return await self._escalate(
+            "review",
+            "Review the agent's answer before it is sent: send it, ask for a revision (--text), "
+            "or take over.",
+            {"draft": answer[:4000]},
+        )
+
+    async def _rephrasings(self, gate: ConfidenceGate) -> int:
+        """How many times in a row, before this run, the user's session asked what this run asks."""
+        if self.run.session_id is None or gate.transfer_after_rephrasings is None:
+            return 0
+        limit = gate.transfer_after_rephrasings + 1
+        runs = await self.store.list_runs(session_id=self.run.session_id, limit=limit + 1)
+        earlier = [run.input for run in runs if run.id != self.run.id][:limit]
+        return rephrasings(self.state.input, earlier, gate.rephrase_similarity)
 
     async def _gate(self, request: ModelRequest | None) -> RunStatus | None:
         """The confidence gate on the last model turn (once per turn), and the ask-for-a-human trigger."""
@@ -212,6 +279,15 @@ class HumanSteps(LoopSteps):
                 await self._append(EventDraft(EventKind.GATE_DECISION, {"turn": 0, "action": "transfer"}))
                 return await self._escalate(
                     "human_requested", "The user asked for a person; the agent did not answer."
+                )
+            repeated = await self._rephrasings(gate)
+            if gate.transfer_after_rephrasings is not None and repeated >= gate.transfer_after_rephrasings:
+                decision = {"turn": 0, "action": "transfer", "trigger": "rephrasing", "rephrasings": repeated}
+                await self._append(EventDraft(EventKind.GATE_DECISION, decision))
+                return await self._escalate(
+                    "human_requested",
+                    f"The user has asked this {repeated + 1} times in this conversation, in other words; "
+                    "a person should take it from here.",
                 )
             return None
         response = state.last_response

@@ -29,9 +29,14 @@ from tether.errors import (
     classify,
 )
 from tether.models.base import Model
-from tether.policy.limits import Budget, Reservation
+from tether.policy.guardrails import Guardrails
+from tether.policy.limits import Budget, Reservation, usage_amounts
+from tether.policy.permissions import PermissionPolicy
+from tether.policy.redaction import RedactionPolicy
 from tether.runtime.budgets import BudgetSteps
+from tether.runtime.guardrails import Baselines, GuardSteps
 from tether.runtime.guards import ToolGuards
+from tether.runtime.hooks import RunObserver, notify
 from tether.runtime.humans import HumanSteps
 from tether.runtime.sagas import SagaSteps
 from tether.runtime.state import RunState
@@ -51,7 +56,6 @@ from tether.types import (
 
 logger = logging.getLogger("tether.runtime")
 
-EventSink = Callable[[RunEvent], None]
 
 # Errors after which waiting or another path may help: the run goes to a person, not to "failed".
 ESCALATE_ON = frozenset(
@@ -66,7 +70,7 @@ ESCALATE_ON = frozenset(
 )
 
 
-class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
+class RunLoop(HumanSteps, SagaSteps, BudgetSteps, GuardSteps):
     """Executes one run while holding its lease; every write is fenced by that lease."""
 
     def __init__(
@@ -78,10 +82,14 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
         run: Run,
         owner: str,
         events: list[RunEvent],
-        sinks: Sequence[EventSink] = (),
+        observers: Sequence[RunObserver] = (),
         guards: ToolGuards | None = None,
         recovery_model: Model | None = None,
         budget: Budget | None = None,
+        permissions: PermissionPolicy | None = None,
+        guardrails: Guardrails | None = None,
+        baselines: Baselines | None = None,
+        redaction: RedactionPolicy | None = None,
     ) -> None:
         self.store = store
         self.agent = agent
@@ -89,10 +97,16 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
         self.run = run
         self.owner = owner
         self.state = RunState.fold(run.id, events)
-        self.sinks = sinks
+        self.observers = observers
         self.guards = guards or ToolGuards()
         self.recovery_model = recovery_model
         self.budget = budget
+        self.permissions = permissions
+        self.guardrails = guardrails
+        self.baselines = baselines
+        self.redaction = redaction
+        self._flags_checked = self.state.flags  # the abuse breaker looks again only after new flags
+        self.budget_joined = budget is not None and budget.joins(getattr(store, "connection", None))
         self._last_request: ModelRequest | None = None  # for the verifier hook of the gate
         self._append_lock = asyncio.Lock()
         instructions = agent.instructions
@@ -116,18 +130,18 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
                     },
                 )
             )
-        if state.pending_answer is not None:
+        if state.compensating is None and state.pending_answer is not None:
             status = await self._apply_answer(state.pending_answer)
             if status is not None:
                 return status
         while True:
             if state.completed_output is not None:
                 return RunStatus.SUCCEEDED
-            if state.compensating is not None:  # a worker died while undoing: finish the undoing
+            if state.compensating is not None:  # cancelled, or a worker died while undoing: undo
                 return await self._fail_with_compensation(
                     state.compensating["detail"], state.compensating["error"]
                 )
-            status = await self._gate(self._last_request)
+            status = await self._screen_input() or await self._gate(self._last_request)
             if status is not None:
                 return status
             pending = state.pending_calls
@@ -152,6 +166,11 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
                 if answer is None:
                     continue  # the model was asked to answer again
             if answer is not None:
+                status = await self._review(answer)
+                if status is not None:
+                    return status
+                if self.redaction is not None:  # PII and secrets masked in what goes out, per tenant
+                    answer = self.redaction.for_tenant(self.run.tenant).redact(answer)
                 return await self._finish(
                     RunStatus.SUCCEEDED,
                     EventDraft(EventKind.RUN_COMPLETED, {"output": answer, "usage": state.usage.to_dict()}),
@@ -159,6 +178,9 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
                 )
             if self._over_budget():
                 return await self._wall_clock_exhausted()
+            status = await self._guardrail_hold()
+            if status is not None:
+                return status
             if state.turns >= self.agent.max_steps * (1 + state.grants):
                 if await self._try_alternative("step_limit"):
                     continue
@@ -171,6 +193,22 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
             if status is not None:
                 return status
 
+    async def _guardrail_hold(self) -> RunStatus | None:
+        """A tool output held for a person, or enough denials and verdicts to trip the abuse breaker."""
+        state = self.state
+        if state.guardrail_hold is not None:
+            hold = state.guardrail_hold
+            return await self._escalate(
+                "guardrail",
+                f"A result of {hold.get('tool', 'a tool')} was held for a person: {hold.get('reason')}.",
+                hold,
+            )
+        if self.guardrails is not None and state.flags > self._flags_checked:
+            self._flags_checked = state.flags
+            if await self._abuse_tripped():
+                return await self._hand_over_abuse()
+        return None
+
     @property
     def _model_name(self) -> str:
         if self.state.recovered and self.recovery_model is not None:
@@ -180,12 +218,6 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
     async def _call_model(self) -> RunStatus | None:
         state = self.state
         turn = state.turns
-        await self._append(
-            EventDraft(
-                EventKind.MODEL_REQUEST,
-                {"turn": turn, "model": self._model_name, "messages": len(state.messages)},
-            )
-        )
         request = ModelRequest(
             messages=(*self._system, *state.messages),
             tools=self._tool_definitions,
@@ -196,8 +228,12 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
             tags=self.agent.tags,
         )
         self._last_request = request
+        announced = EventDraft(
+            EventKind.MODEL_REQUEST,
+            {"turn": turn, "model": self._model_name, "messages": len(state.messages)},
+        )
         try:
-            reservation = await self._reserve_model_call(request)
+            reservation = await self._append_reserving(announced, self._model_call_amounts(request))
         except BudgetExceededError as exc:
             return await self._budget_exceeded(exc)
         started = time.perf_counter()
@@ -207,16 +243,21 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
             response = await model.request(request)
         except Exception as exc:  # any model failure is recorded, classified and decided
             await self._release(reservation)
-            return await self._model_failed(exc, turn)
+            return await self._model_failed(exc, turn, started)
         data = response.to_dict()
         data["turn"] = turn
         data["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         notes = [EventDraft(kind, {**note, "turn": turn}) for kind, note in response.events]
-        await self._append(*notes, EventDraft(EventKind.MODEL_RESPONSE, data), usage=response.usage)
-        await self._settle_model_call(reservation, response.usage)
+        await self._append_settling(
+            *notes,
+            EventDraft(EventKind.MODEL_RESPONSE, data),
+            reservation=reservation,
+            actual=usage_amounts(response.usage),
+            usage=response.usage,
+        )
         return None
 
-    async def _model_failed(self, error: Exception, turn: int) -> RunStatus:
+    async def _model_failed(self, error: Exception, turn: int, started: float) -> RunStatus:
         """No model could answer: a person takes over when waiting may help; a broken request fails."""
         events = error.events if isinstance(error, TetherError) else ()
         notes = [EventDraft(kind, {**note, "turn": turn}) for kind, note in events]
@@ -227,8 +268,12 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
             "message": str(error),
             "turn": turn,
         }
-        if notes:
-            await self._append(*notes)
+        failed = {
+            **detail,
+            "model": self._model_name,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        await self._append(*notes, EventDraft(EventKind.MODEL_ERROR, failed))
         if error_class in ESCALATE_ON:
             return await self._escalate(
                 "model_unavailable" if error_class != ErrorClass.CONTEXT_TOO_LONG else "context_too_long",
@@ -302,32 +347,21 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
     ) -> None:
         """Run one call and settle its budget: charged if it ran, given back if it did not."""
         try:
-            ran = await self._run_one_tool_call(index, call)
+            ran = await self._run_one_tool_call(index, call, reservation)
         except BaseException:
             await self._release(reservation)
             raise
-        if ran and reservation is not None:
-            await self._settle(reservation, reservation.amounts)
-        else:
+        if not ran:
             await self._release(reservation)
 
-    async def _run_one_tool_call(self, index: int, call: ToolCall) -> bool:
+    async def _run_one_tool_call(self, index: int, call: ToolCall, reservation: Reservation | None) -> bool:
+        """Run one call; True when it ran and its result was recorded with its reservation settled."""
         turn = self.state.turns - 1
         base: JsonDict = {"turn": turn, "index": index, "call_id": call.id, "tool": call.name}
-        tool = self.agent.tool(call.name)
-        if tool is None:
-            error: ToolError = unknown_tool_error(call.name, self.agent.tool_names)
-            await self._record_invalid(base, error)
+        prepared = await self._prepare_call(index, call, base)
+        if prepared is None:
             return False
-        decided = await self._apply_decision(index, call, base)
-        if decided is None:
-            return False
-        call = decided
-        try:
-            arguments = tool.validate(call.arguments, call.raw_arguments)
-        except ToolArgumentsError as exc:
-            await self._record_invalid(base, exc)
-            return False
+        tool, call, arguments = prepared
         key = f"{self.run.id}:{turn}:{index}"
         prior = self.state.intents.get(index)
         attempt = prior["attempt"] + 1 if prior else 1
@@ -344,6 +378,8 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
         value: Any = None
         if await self._answer_from_cache(tool, call, result):
             return False
+        if self.run.shadow_of is not None and tool.side_effect == "write":
+            return await self._suppress(tool, call, result, reservation)
         started = time.perf_counter()
         try:
             await self.guards.admit(tool)
@@ -379,8 +415,37 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
             stored = {"value": to_jsonable(value)} if outcome == "succeeded" else {"error": result["content"]}
             operations = (OperationWrite(key, self.run.id, tool.name, outcome, result=stored),)
         drafts = [EventDraft(kind, {**data, "turn": turn}) for kind, data in notes]
-        await self._append(*drafts, EventDraft(EventKind.TOOL_RESULT, result), operations=operations)
-        return result.get("error") != "unavailable"
+        drafts += await self._screen_result(result, tool.name)
+        ran = result.get("error") != "unavailable"
+        await self._append_settling(
+            *drafts,
+            EventDraft(EventKind.TOOL_RESULT, result),
+            reservation=reservation if ran else None,
+            actual=reservation.amounts if reservation is not None else {},
+            operations=operations,
+        )
+        return ran
+
+    async def _prepare_call(
+        self, index: int, call: ToolCall, base: JsonDict
+    ) -> tuple[Tool, ToolCall, pydantic.BaseModel] | None:
+        """The tool, the call as a person decided it and its validated arguments; None when the call
+        must not run (unknown tool, no permission, denied, invalid arguments: each recorded)."""
+        tool = self.agent.tool(call.name)
+        if tool is None:
+            error: ToolError = unknown_tool_error(call.name, self.agent.tool_names)
+            await self._record_invalid(base, error)
+            return None
+        if not await self._permitted(tool, base, call.arguments):
+            return None
+        decided = await self._apply_decision(index, call, base)
+        if decided is None:
+            return None
+        try:
+            return tool, decided, tool.validate(decided.arguments, decided.raw_arguments)
+        except ToolArgumentsError as exc:
+            await self._record_invalid(base, exc)
+            return None
 
     async def _check_output(self, answer: str) -> tuple[str | None, RunStatus | None]:
         """Validate a final answer against the agent's output type: (normalised JSON, None) when it
@@ -414,6 +479,22 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
             EventDraft(EventKind.OUTPUT_INVALID, {"errors": problems, "correction": correction})
         )
         return None, None
+
+    async def _suppress(
+        self, tool: Tool, call: ToolCall, result: JsonDict, reservation: Reservation | None
+    ) -> bool:
+        """Shadow runs do not write: the call is recorded as it would have been made, not made; the
+        model reads that it was accepted, so the flow goes on as in production."""
+        content = f"{tool.name} accepted."
+        result.update(
+            ok=True, outcome="suppressed", content=content, arguments=call.arguments, duration_ms=0.0
+        )
+        await self._append_settling(
+            EventDraft(EventKind.TOOL_RESULT, result),
+            reservation=reservation,
+            actual=reservation.amounts if reservation is not None else {},
+        )
+        return True
 
     async def _answer_from_cache(self, tool: Tool, call: ToolCall, result: JsonDict) -> bool:
         """Record a cached result of a cacheable tool for the same arguments, if there is one."""
@@ -472,6 +553,7 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
         *drafts: EventDraft,
         usage: Usage | None = None,
         operations: Sequence[OperationWrite] = (),
+        within: Callable[[], None] | None = None,
     ) -> None:
         # Tool calls of one turn run concurrently; the lock keeps their seqs gap-free and ordered.
         async with self._append_lock:
@@ -482,6 +564,7 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
                 drafts,
                 usage=usage,
                 operations=operations,
+                within=within,
             )
             for event in events:
                 self.state.apply(event)
@@ -496,6 +579,8 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
         error: str | None = None,
         escalation: NewEscalation | None = None,
     ) -> RunStatus:
+        if self.state.waited_ms and status.is_terminal:  # so latency can leave people's time out
+            draft = EventDraft(draft.kind, {**draft.data, "waited_ms": self.state.waited_ms})
         async with self._append_lock:
             event = await self.store.finish(
                 self.run.id,
@@ -512,9 +597,4 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps):
         return status
 
     def _emit(self, events: list[RunEvent]) -> None:
-        for sink in self.sinks:
-            for event in events:
-                try:
-                    sink(event)
-                except Exception:  # an observer must never break a run
-                    logger.exception("event sink %r failed on %s", sink, event.kind)
+        notify(self.observers, self.run, events)

@@ -12,20 +12,30 @@ import secrets
 import socket
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 from tether.agent import Agent
 from tether.errors import ConfigurationError, InvalidAnswerError, LeaseLostError, TetherError
 from tether.gateway import Gateway
 from tether.models import model_from_spec
 from tether.models.base import Model
+from tether.policy.behaviour import BehaviourMonitor
 from tether.policy.budget_stores import BudgetBackend, InMemoryBudgetBackend, SqliteBudgetBackend
+from tether.policy.guardrails import Guardrails
 from tether.policy.limits import Budget, BudgetPolicy
+from tether.policy.permissions import PermissionPolicy
+from tether.policy.redaction import RedactionPolicy
+from tether.runtime.canary import Canaries
 from tether.runtime.deadletters import DeadLetter
+from tether.runtime.guardrails import Baselines
 from tether.runtime.guards import ToolGuards
-from tether.runtime.loop import EventSink, RunLoop
+from tether.runtime.hooks import EventSink, RunObserver, SinkObserver, notify
+from tether.runtime.loop import RunLoop
+from tether.runtime.shadow import ShadowReport
+from tether.runtime.shadow import compare as compare_shadows
 from tether.store import SqliteRunStore, store_from_url
 from tether.store.base import Escalation, EventDraft, NewRun, RunStore
 from tether.types import EventKind, JsonDict, Run, RunEvent, RunStatus
@@ -84,18 +94,30 @@ class Runtime:
         guards: ToolGuards | None = None,
         lease_s: float = DEFAULT_LEASE_S,
         event_sinks: Sequence[EventSink] = (),
+        observers: Sequence[RunObserver] = (),
         worker_id: str | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         budget_policy: BudgetPolicy | None = None,
         budget_backend: BudgetBackend | None = None,
+        shadows: Mapping[str, Agent] | None = None,
+        permissions: PermissionPolicy | None = None,
+        guardrails: Guardrails | Literal["off"] | None = None,
+        behaviour: BehaviourMonitor | None = None,
+        redaction: RedactionPolicy | None = None,
     ) -> None:
+        """`permissions`: None lets agents use every tool they have (no policy); with a policy, deny by
+        default. `guardrails`: None screens user input and tool output with `Guardrails()`' defaults
+        (size limits, prompt-injection rules), "off" screens nothing. `behaviour`: hold calls unlike
+        an agent's usual tool use for a person (off by default). `redaction`: mask PII and secrets in
+        final answers, per tenant (off by default; traces and logs are always redacted)."""
         if lease_s <= 0:
             raise ConfigurationError(f"lease_s must be > 0, not {lease_s}")
         if max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be >= 1, not {max_attempts}")
         self.store: RunStore = store_from_url(store) if isinstance(store, str) else store
         self._owns_store = isinstance(store, str)
-        self._agents: dict[str, Agent] = {}
+        self._agents: dict[str, Agent] = {}  # the latest registered version of each agent
+        self._versions: dict[tuple[str, str], Agent] = {}
         for agent in agents:
             self.register(agent)
         # Every model call goes through a gateway; a default one still retries and breaks circuits.
@@ -118,12 +140,26 @@ class Runtime:
         else:
             self._owned_budget_backend = None
         self.budget_backend = budget_backend
-        self.event_sinks = list(event_sinks)
+        # Tracing, metrics and logs plug in here (tether.observe); plain sinks see each event.
+        self.observers: list[RunObserver] = [*observers, *(SinkObserver(sink) for sink in event_sinks)]
         self.worker_id = worker_id or new_worker_id()
+        self.canaries = Canaries(self.store)
+        self.permissions = permissions
+        self.baselines = None if behaviour is None else Baselines(self.store, behaviour)
+        self.redaction = redaction
+        self.guardrails: Guardrails | None = (
+            None if guardrails == "off" else guardrails if guardrails is not None else Guardrails()
+        )
+        # Shadow mode: agent name -> the candidate run beside each of its production runs.
+        self.shadows: dict[str, Agent] = dict(shadows or {})
+        for candidate in self.shadows.values():
+            self.register(candidate)
 
     def register(self, agent: Agent) -> None:
-        """Make `agent` known to this runtime so its runs can be executed and resumed here."""
+        """Make `agent` known to this runtime so its runs can be executed and resumed here; register
+        each version a canary routes to."""
         self._agents[agent.name] = agent
+        self._versions[agent.name, agent.version] = agent
 
     async def __aenter__(self) -> Runtime:
         return self
@@ -156,8 +192,10 @@ class Runtime:
         session_id: str | None = None,
         tenant: str | None = None,
     ) -> Run:
-        """Enqueue a run; starting the same idempotency key again returns the first run."""
+        """Enqueue a run; starting the same idempotency key again returns the first run. While the
+        agent has a canary, the run may take the candidate version (sticky per principal)."""
         self.register(agent)
+        agent = await self._routed(agent, principal or session_id or idempotency_key or new_run_id())
         self.model_for(agent, model)  # fail now, naming the bad spec, not later in a worker
         run, created = await self.store.create_run(
             NewRun(
@@ -174,8 +212,48 @@ class Runtime:
             )
         )
         if created:
-            self._emit(await self.store.load_events(run.id))
+            self._emit(run, await self.store.load_events(run.id))
+            candidate = self.shadows.get(agent.name)
+            if candidate is not None:
+                await self._start_shadow(candidate, run)
         return run
+
+    async def _start_shadow(self, candidate: Agent, production: Run) -> None:
+        """Enqueue the candidate on the production run's input: same principal, no side effects."""
+        self.register(candidate)
+        shadow, created = await self.store.create_run(
+            NewRun(
+                id=new_run_id(),
+                agent_name=candidate.name,
+                agent_version=candidate.version,
+                input=production.input,
+                principal=production.principal,
+                idempotency_key=None
+                if production.idempotency_key is None
+                else f"{production.idempotency_key}:shadow",
+                session_id=production.session_id,
+                tenant=production.tenant,
+                shadow_of=production.id,
+            )
+        )
+        if created:
+            self._emit(shadow, await self.store.load_events(shadow.id))
+
+    async def shadow_report(self, agent_name: str, *, limit: int = 200) -> ShadowReport:
+        """The agent's shadow runs beside their production runs: same outcome, output, writes."""
+        return await compare_shadows(self.store, agent_name, limit=limit)
+
+    async def _routed(self, agent: Agent, key: str) -> Agent:
+        version = await self.canaries.version_for(agent.name, agent.version, key)
+        if version == agent.version:
+            return agent
+        routed = self._versions.get((agent.name, version))
+        if routed is None:
+            raise ConfigurationError(
+                f"a canary routes runs of agent {agent.name!r} to version {version!r}, which this "
+                "runtime does not know; register both versions (Runtime(agents=[...]))"
+            )
+        return routed
 
     async def run(
         self,
@@ -221,7 +299,7 @@ class Runtime:
         run = await self.store.claim_run(owner, self.lease_s, run_id=run_id, max_attempts=max_attempts)
         if run is not None and run.status == RunStatus.DEAD_LETTERED:
             logger.warning("run %s dead-lettered: %s", run.id, run.error)
-            self._emit((await self.store.load_events(run.id))[-1:])
+            self._emit(run, (await self.store.load_events(run.id))[-1:])
         return run
 
     resume = execute
@@ -256,6 +334,8 @@ class Runtime:
             )
         if choice == "takeover" and not (text and text.strip()):
             raise InvalidAnswerError("a takeover needs the text to send to the customer (--text)")
+        if choice == "revise" and not (text and text.strip()):
+            raise InvalidAnswerError("a revision needs the reviewer's comment for the agent (--text)")
         if choice == "edit":
             calls = escalation.context.get("context", {}).get("calls", [])
             if len(calls) != 1:
@@ -273,7 +353,8 @@ class Runtime:
             answer["text"] = text
         result = await self.store.answer_escalation(escalation_id, answer, by)
         if result[1]:
-            self._emit((await self.store.load_events(escalation.run_id))[-1:])
+            run = await self.store.get_run(escalation.run_id)
+            self._emit(run, (await self.store.load_events(escalation.run_id))[-1:])
         return result
 
     async def expire_escalations(self) -> int:
@@ -302,29 +383,43 @@ class Runtime:
         before = await self.store.get_run(run_id)
         run, applied = await self.store.replay(run_id, by)
         if applied:
-            self._emit(await self.store.load_events(run_id, after_seq=before.event_count - 1))
+            self._emit(run, await self.store.load_events(run_id, after_seq=before.event_count - 1))
         return run, applied
 
-    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
+    async def cancel(
+        self, run_id: str, reason: str = "cancelled by request", *, compensate: bool = True
+    ) -> Run:
+        """Cancel a run that has not ended; its worker stops at its next write. When writes of the run
+        took effect (and `compensate`), their compensations run first, in reverse: here at once if this
+        runtime knows the run's agent, else by the next worker; the run then ends cancelled. A
+        dead-lettered run is discarded the same way (see `discard`)."""
         before = await self.store.get_run(run_id)
-        run = await self.store.cancel(run_id, reason)
-        if not before.status.is_terminal:
-            self._emit(await self.store.load_events(run_id, after_seq=before.event_count - 1))
+        run = await self.store.cancel(run_id, reason, compensate=compensate)
+        if run.event_count > before.event_count:
+            self._emit(run, await self.store.load_events(run_id, after_seq=before.event_count - 1))
+        if run.status == RunStatus.QUEUED and self._knows(run):
+            run = await self.execute(run_id)
         return run
 
-    def _emit(self, events: list[RunEvent]) -> None:
-        for sink in self.event_sinks:
-            for event in events:
-                try:
-                    sink(event)
-                except Exception:  # an observer must never break a run
-                    logger.exception("event sink %r failed on %s", sink, event.kind)
+    async def discard(self, run_id: str, reason: str = "discarded from the dead-letter queue") -> Run:
+        """Give up on a dead-lettered run for good: undo its writes that declared `compensate`, then
+        end it cancelled. A run that is not dead-lettered is left as it is."""
+        run = await self.store.get_run(run_id)
+        if run.status != RunStatus.DEAD_LETTERED:
+            return run
+        return await self.cancel(run_id, reason)
+
+    def _knows(self, run: Run) -> bool:
+        return run.agent_name in self._agents or run.agent_target is not None
+
+    def _emit(self, run: Run, events: list[RunEvent]) -> None:
+        notify(self.observers, run, events)
 
     async def events(self, run_id: str) -> list[RunEvent]:
         return await self.store.load_events(run_id)
 
     def agent_for(self, run: Run) -> Agent:
-        agent = self._agents.get(run.agent_name)
+        agent = self._versions.get((run.agent_name, run.agent_version)) or self._agents.get(run.agent_name)
         if agent is not None:
             return agent
         if run.agent_target:
@@ -361,12 +456,16 @@ class Runtime:
             run=run,
             owner=owner,
             events=events,
-            sinks=self.event_sinks,
+            observers=self.observers,
             guards=self.guards,
             recovery_model=None
             if agent.recovery_model is None
             else self.model_for(agent, None, recovery=True),
             budget=Budget(agent.budget or self.budget_policy, self.budget_backend),
+            permissions=self.permissions,
+            guardrails=self.guardrails,
+            baselines=self.baselines,
+            redaction=self.redaction,
         )
         task = asyncio.create_task(loop.execute(), name=f"tether-run-{run.id}")
         heartbeat = asyncio.create_task(self._heartbeat(run.id, owner, task))
@@ -386,7 +485,23 @@ class Runtime:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-        return await self.store.get_run(run.id)
+        ended = await self.store.get_run(run.id)
+        await self._judge_canary(ended)
+        return ended
+
+    async def _judge_canary(self, run: Run) -> None:
+        """A candidate's run settled: judge its canary now, so a bad version is rolled back early."""
+        if run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.CANCELLED):
+            return
+        canary = await self.canaries.current(run.agent_name)
+        if (
+            canary is not None
+            and canary.status == "running"
+            and run.agent_version == canary.candidate_version
+        ):
+            report = await self.canaries.check(run.agent_name)
+            if report is not None and report.verdict == "rolled_back":
+                logger.warning("canary %s rolled back: %s", canary.id, report.canary.reason)
 
     async def _heartbeat(self, run_id: str, owner: str, task: asyncio.Task[RunStatus]) -> None:
         interval_s = self.lease_s / 3
@@ -415,7 +530,7 @@ class Runtime:
                 EventDraft(EventKind.RUN_ATTEMPT_FAILED, data),
                 error=f"{type(error).__name__}: {error}",
             )
-            self._emit([event])
+            self._emit(run, [event])
 
     async def _fail(self, run: Run, owner: str, seq: int, error: BaseException) -> None:
         with contextlib.suppress(LeaseLostError):
@@ -430,7 +545,7 @@ class Runtime:
                 ),
                 error=f"{type(error).__name__}: {error}",
             )
-            self._emit([event])
+            self._emit(run, [event])
 
 
 @dataclass
@@ -449,7 +564,7 @@ class Worker:
         runtime: Runtime,
         *,
         concurrency: int = 4,
-        poll_s: float = 0.2,
+        poll_s: float = 0.05,
         max_attempts: int | None = None,
     ) -> None:
         if concurrency < 1:

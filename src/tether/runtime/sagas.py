@@ -1,4 +1,5 @@
-"""Saga compensation: when a run fails for good after write tools succeeded, undo them in reverse.
+"""Saga compensation: when a run fails for good, or is cancelled or discarded from the dead-letter
+queue, after write tools succeeded, undo them in reverse.
 
 Compensations are recorded like tool calls: `compensation.started` first (so a worker that dies
 half-way resumes the compensating, not the run), one `compensation.ran` per undo with its own
@@ -49,6 +50,12 @@ class SagaSteps(LoopSteps):
             record["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
             await self._append(EventDraft(EventKind.COMPENSATION_RAN, record))
         started_data = self.state.compensating or {"detail": detail, "error": error}
+        if started_data.get("outcome") == "cancelled":  # undone on request: it ends cancelled
+            return await self._finish(
+                RunStatus.CANCELLED,
+                EventDraft(EventKind.RUN_CANCELLED, {**started_data["detail"], "compensated": True}),
+                error=started_data["error"],
+            )
         return await self._finish(
             RunStatus.FAILED,
             EventDraft(EventKind.RUN_FAILED, started_data["detail"]),

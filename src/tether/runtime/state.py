@@ -45,6 +45,14 @@ class RunState:
     compensated: set[str] = field(default_factory=set)
     recovered: bool = False  # the alternative model took over (the second recovery tier)
     gate_turn: int = -1  # the turn count the confidence gate last decided (or was cleared) for
+    # Guardrails: the user's input was judged; a tool output is held for a person; flags for the breaker.
+    input_screened: bool = False
+    guardrail_hold: JsonDict | None = None
+    flags: int = 0  # permission denials and guardrail verdicts that blocked or escalated
+    tool_counts: dict[str, int] = field(default_factory=dict)  # results per tool in this run
+    write_count: int = 0  # write calls started (intents) in this run
+    waited_ms: int = 0  # time spent waiting for people's answers (opened -> answered), summed
+    reviewed_turn: int = -1  # the turn count whose final answer a reviewer sent as it is
     output_rejections: int = 0  # final answers that failed the agent's output schema
     _answer_rejected: bool = False
 
@@ -99,8 +107,11 @@ class RunState:
             self._answer_rejected = False
         elif kind == EventKind.TOOL_INTENT:
             self.intents[data["index"]] = data
+            self.write_count += 1
         elif kind == EventKind.TOOL_RESULT:
             self.results[data["index"]] = data
+            name = data.get("tool", "")
+            self.tool_counts[name] = self.tool_counts.get(name, 0) + 1
             intent = self.intents.get(data["index"])
             if intent is not None and data.get("outcome") == "succeeded":
                 self.succeeded_writes.append({**intent, "tool": data["tool"]})
@@ -115,13 +126,16 @@ class RunState:
         elif kind == EventKind.RUN_COMPLETED:
             self.completed_output = data.get("output")
         else:
-            self._apply_people(kind, data)
+            self._apply_people(kind, data, event.created_at_epoch_ms)
 
-    def _apply_people(self, kind: str, data: JsonDict) -> None:
+    def _apply_people(self, kind: str, data: JsonDict, at_ms: int) -> None:
         """Events of questions, answers and corrections: what people decided about the run."""
         if kind == EventKind.ESCALATION_OPENED:
             self.open_escalation = data
         elif kind == EventKind.ESCALATION_ANSWERED:
+            opened_at = data.get("opened_at_epoch_ms")
+            if isinstance(opened_at, int):
+                self.waited_ms += max(0, at_ms - opened_at)
             opened = self.open_escalation or {}
             self.pending_answer = {
                 **data,
@@ -131,12 +145,15 @@ class RunState:
             self.open_escalation = None
         elif kind == EventKind.ESCALATION_APPLIED:
             self.pending_answer = None
+            self.guardrail_hold = None
             if data.get("choice") == "continue":
                 self.grants += 1
                 self.invalid_turns = 0
             self.settled.update(data.get("settled", ()))
             if data.get("gate_cleared"):
                 self.gate_turn = self.turns
+            if data.get("review_sent"):
+                self.reviewed_turn = self.turns
             if data.get("rejected"):
                 self._answer_rejected = True
                 self.messages.append(Message(role="user", content=data["rejected"]))
@@ -153,6 +170,10 @@ class RunState:
             self._answer_rejected = True  # whatever the last answer was, the alternative answers anew
         elif kind == EventKind.GATE_DECISION:
             self.gate_turn = self.turns
+        elif kind == EventKind.GUARDRAIL_VERDICT:
+            self._apply_verdict(data)
+        elif kind == EventKind.PERMISSION_DENIED:
+            self.flags += 1
         elif kind == EventKind.OUTPUT_INVALID:
             self.output_rejections += 1
             self._answer_rejected = True
@@ -160,6 +181,17 @@ class RunState:
         elif kind == EventKind.TOOL_RESET and data["index"] in self.intents:
             # A person confirmed the call did not happen: it may run again (attempts keep counting).
             self.intents[data["index"]] = {**self.intents[data["index"]], "reset": True}
+
+    def _apply_verdict(self, data: JsonDict) -> None:
+        if data.get("action") in ("block", "escalate"):
+            self.flags += 1
+        if data.get("source") == "user":
+            self.input_screened = True
+            if data.get("action") == "sanitise" and isinstance(data.get("sanitised"), str):
+                self.input = data["sanitised"]
+                self.messages[0] = Message(role="user", content=self.input)
+        elif data.get("action") == "escalate":
+            self.guardrail_hold = data
 
     def _close_turn(self) -> None:
         """All calls of the turn answered: add the tool messages in the order the model asked."""

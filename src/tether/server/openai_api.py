@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Collection, Mapping
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -39,6 +39,9 @@ from tether.errors import (
 )
 from tether.models.base import Model
 from tether.types import JsonDict, Message, ModelRequest, ModelResponse, ToolCall, ToolDefinition
+
+if TYPE_CHECKING:
+    from tether.observe.metrics import RunMetrics
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 TENANT_HEADER = "X-Tether-Tenant"
@@ -98,13 +101,21 @@ class ModelBackend:
             raise failures[0]
 
 
-def create_openai_app(backend: ChatBackend, *, api_keys: Collection[str] | None = None) -> FastAPI:
+def create_openai_app(
+    backend: ChatBackend,
+    *,
+    api_keys: Collection[str] | None = None,
+    metrics: RunMetrics | None = None,
+) -> FastAPI:
     """The endpoint as an ASGI app. With `api_keys`, every request needs `Authorization: Bearer <key>`.
+    With `metrics`, its calls are counted there and `GET /metrics` serves them (behind the keys too).
 
     The caller owns `backend` and closes it once the server has stopped.
     """
     if api_keys is not None and (not api_keys or not all(isinstance(k, str) and k for k in api_keys)):
         raise ConfigurationError("api_keys must hold non-empty strings; pass None to serve without keys")
+    if metrics is not None:
+        backend = metrics.metered(backend)
     app = FastAPI(title="tether gateway", docs_url=None, redoc_url=None)
     # Starlette runs the middleware added last first: keys are checked before any body is read.
     app.add_middleware(_LimitBodySize, max_bytes=MAX_BODY_BYTES)
@@ -134,6 +145,13 @@ def create_openai_app(backend: ChatBackend, *, api_keys: Collection[str] | None 
     async def retrieve_model(route: str) -> JsonDict:
         _require_route(backend, route)
         return _model_json(route)
+
+    if metrics is not None:
+        scraped = metrics
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            return Response(await scraped.render(), media_type=scraped.content_type)
 
     return app
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -26,6 +26,7 @@ class NewRun:
     parent_run_id: str | None = None
     session_id: str | None = None  # budgets and conversations per session
     tenant: str | None = None  # isolation of caches, budgets and accounting
+    shadow_of: str | None = None  # a shadow run of this production run: no side effects, no people
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ class Escalation:
     message: str
     options: tuple[str, ...]
     context: JsonDict
-    status: Literal["open", "answered"]
+    status: Literal["open", "answered", "cancelled"]  # cancelled: its run was cancelled first
     answer: JsonDict | None
     answered_by: str | None
     created_at_epoch_ms: int
@@ -107,6 +108,85 @@ class Escalation:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """A share of an agent's new runs routed to a candidate version, compared with the baseline.
+
+    status: running, promoted (every new run takes the candidate) or rolled_back (none does)."""
+
+    id: str
+    agent_name: str
+    baseline_version: str
+    candidate_version: str
+    share: float
+    status: Literal["running", "promoted", "rolled_back"]
+    thresholds: JsonDict
+    started_at_epoch_ms: int
+    ended_at_epoch_ms: int | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "id": self.id,
+            "agent": self.agent_name,
+            "baseline_version": self.baseline_version,
+            "candidate_version": self.candidate_version,
+            "share": self.share,
+            "status": self.status,
+            "thresholds": self.thresholds,
+            "started_at_epoch_ms": self.started_at_epoch_ms,
+            "ended_at_epoch_ms": self.ended_at_epoch_ms,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """What a comparison needs of one run: where it is, what it cost, how long it took to get there."""
+
+    status: RunStatus
+    cost_usd: float | None
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One decision about what a run may do: a permission check or a guardrail verdict.
+
+    kind: "permission" or "guardrail"; decision: "allow", "deny", "block", "sanitise", "escalate"."""
+
+    kind: str
+    decision: str
+    run_id: str
+    agent: str
+    reason: str
+    principal: str | None = None
+    tenant: str | None = None
+    session_id: str | None = None
+    tool: str | None = None
+    grant: str | None = None  # the grant rule that allowed it, or the guardrail's name
+    detail: JsonDict = field(default_factory=dict)
+    at_epoch_ms: int = 0  # set by the store
+    id: int = 0  # set by the store: the log's order
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "id": self.id,
+            "at_epoch_ms": self.at_epoch_ms,
+            "kind": self.kind,
+            "decision": self.decision,
+            "run_id": self.run_id,
+            "agent": self.agent,
+            "principal": self.principal,
+            "tenant": self.tenant,
+            "session_id": self.session_id,
+            "tool": self.tool,
+            "grant": self.grant,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
 class RunStore(Protocol):
     """Durable state of runs. Every write by a worker is fenced by its lease: a worker that lost the
     lease gets `LeaseLostError` and must stop working on the run."""
@@ -117,7 +197,18 @@ class RunStore(Protocol):
 
     async def get_run(self, run_id: str) -> Run: ...
 
-    async def list_runs(self, *, status: RunStatus | None = None, limit: int = 100) -> list[Run]: ...
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        session_id: str | None = None,
+        agent_name: str | None = None,
+        shadows: bool = False,
+        limit: int = 100,
+    ) -> list[Run]:
+        """Production runs (or, with `shadows`, shadow runs) newest first, optionally of one status,
+        session and/or agent."""
+        ...
 
     async def claim_run(
         self, owner: str, lease_s: float, *, run_id: str | None = None, max_attempts: int | None = None
@@ -147,8 +238,13 @@ class RunStore(Protocol):
         *,
         usage: Usage | None = None,
         operations: Sequence[OperationWrite] = (),
+        within: Callable[[], None] | None = None,
     ) -> list[RunEvent]:
-        """Append events (and operation-log writes, and usage) atomically, fenced by the lease."""
+        """Append events (and operation-log writes, and usage) atomically, fenced by the lease.
+
+        `within` runs inside the same transaction, after the writes; if it raises, nothing is
+        written and the error propagates. It must not do I/O of its own: budget counters kept in
+        this store's connection use it to reserve or settle with the event that records the call."""
         ...
 
     async def finish(
@@ -187,8 +283,10 @@ class RunStore(Protocol):
         Returns (escalation, applied): a second answer is not applied (applied=False)."""
         ...
 
-    async def cancel(self, run_id: str, reason: str) -> Run:
-        """Cancel a run that is not terminal yet; its worker loses the lease."""
+    async def cancel(self, run_id: str, reason: str, *, compensate: bool = False) -> Run:
+        """Cancel a run that is not terminal yet; its worker loses the lease and its open questions
+        are withdrawn. With `compensate`, a run whose writes took effect (a dead-lettered one too) is
+        queued with `compensation.started` instead: a worker undoes them, then ends it cancelled."""
         ...
 
     async def load_events(self, run_id: str, *, after_seq: int = -1) -> list[RunEvent]: ...
@@ -211,4 +309,43 @@ class RunStore(Protocol):
 
     async def count_by_status(self) -> dict[RunStatus, int]:
         """How many runs are in each status (every status present, 0 if none): e.g. the DLQ depth."""
+        ...
+
+    async def create_canary(self, canary: Canary) -> Canary:
+        """Record a running canary; refused (ConfigurationError) while the agent has one running."""
+        ...
+
+    async def current_canary(self, agent_name: str) -> Canary | None:
+        """The agent's latest canary that still routes runs (running or promoted), if any."""
+        ...
+
+    async def list_canaries(self, *, agent_name: str | None = None, limit: int = 50) -> list[Canary]: ...
+
+    async def end_canary(self, canary_id: str, status: str, reason: str) -> tuple[Canary, bool]:
+        """Promote or roll back a running canary; (canary, applied): one that ended is left as it is."""
+        ...
+
+    async def outcomes(self, agent_name: str, version: str, since_epoch_ms: int) -> list[RunOutcome]:
+        """The outcomes of the agent version's runs started since then (shadow runs excluded)."""
+        ...
+
+    async def tool_usage(self, agent_name: str, *, runs: int) -> list[tuple[dict[str, int], int]]:
+        """Of the agent's last `runs` succeeded production runs: calls per tool and writes, each."""
+        ...
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Add decisions to the append-only audit log (the store refuses updates and deletes)."""
+        ...
+
+    async def list_audit(
+        self,
+        *,
+        run_id: str | None = None,
+        principal: str | None = None,
+        session_id: str | None = None,
+        decision: str | None = None,
+        since_epoch_ms: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Audit entries, newest first, filtered."""
         ...

@@ -6,15 +6,74 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from tether.store.base import Escalation, Operation
+from tether.store.base import AuditEntry, Canary, Escalation, Operation
 from tether.types import EventKind, JsonDict, Run, RunStatus, Usage
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6
 BASE_VERSION = 2  # what the CREATE statements below make; later versions are migrations
 # Each version's statements, applied once, in order, to databases older than it.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: ("ALTER TABLE runs ADD COLUMN session_id TEXT", "ALTER TABLE runs ADD COLUMN tenant TEXT"),
+    # The expiry sweep reads open questions with a deadline by deadline, not every open question.
+    4: (
+        "CREATE INDEX IF NOT EXISTS escalations_expiry ON escalations (status, expires_at_epoch_ms)",
+        "CREATE INDEX IF NOT EXISTS runs_session ON runs (session_id, created_at_epoch_ms)",
+    ),
+    5: (
+        """
+        CREATE TABLE IF NOT EXISTS canaries (
+            id TEXT PRIMARY KEY,
+            agent_name TEXT NOT NULL,
+            baseline_version TEXT NOT NULL,
+            candidate_version TEXT NOT NULL,
+            share {float} NOT NULL,
+            status TEXT NOT NULL,
+            thresholds TEXT NOT NULL,
+            started_at_epoch_ms BIGINT NOT NULL,
+            ended_at_epoch_ms BIGINT,
+            reason TEXT
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS canaries_agent ON canaries (agent_name, started_at_epoch_ms)",
+        "CREATE INDEX IF NOT EXISTS runs_version ON runs (agent_name, agent_version, created_at_epoch_ms)",
+        "ALTER TABLE runs ADD COLUMN shadow_of TEXT",
+    ),
+    6: (
+        """
+        CREATE TABLE IF NOT EXISTS audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at_epoch_ms BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            principal TEXT,
+            tenant TEXT,
+            session_id TEXT,
+            tool TEXT,
+            grant_name TEXT,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS audit_run ON audit (run_id, id)",
+        "CREATE INDEX IF NOT EXISTS audit_principal ON audit (principal, id)",
+        "CREATE INDEX IF NOT EXISTS audit_session ON audit (session_id, at_epoch_ms)",
+        # Append-only, enforced by the database: no process of ours or anyone's rewrites history.
+        "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+        "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    ),
 }
+AUDIT_COLUMNS = (
+    "id, at_epoch_ms, kind, decision, run_id, agent, principal, tenant, session_id, tool, grant_name, "
+    "reason, detail"
+)
+CANARY_COLUMNS = (
+    "id, agent_name, baseline_version, candidate_version, share, status, thresholds, "
+    "started_at_epoch_ms, ended_at_epoch_ms, reason"
+)
 
 # `{float}` differs per dialect: SQLite's REAL is 8 bytes, PostgreSQL's is 4 (money needs 8).
 SCHEMA_V1 = (
@@ -96,7 +155,8 @@ SCHEMA_V1 = (
 RUN_COLUMNS = (
     "id, agent_name, agent_version, agent_target, model_spec, status, input, output, error, "
     "principal, idempotency_key, parent_run_id, attempts, lease_owner, lease_expires_at_epoch_ms, "
-    "input_tokens, output_tokens, cost_usd, created_at_epoch_ms, updated_at_epoch_ms, session_id, tenant"
+    "input_tokens, output_tokens, cost_usd, created_at_epoch_ms, updated_at_epoch_ms, session_id, tenant, "
+    "shadow_of"
 )
 ESCALATION_COLUMNS = (
     "id, run_id, reason, message, options, context, status, answer, answered_by, "
@@ -143,6 +203,7 @@ def run_from_row(row: Sequence[Any], event_count: int = 0) -> Run:
         updated_at_epoch_ms=row[19],
         session_id=row[20],
         tenant=row[21],
+        shadow_of=row[22],
         event_count=event_count,
     )
 
@@ -249,3 +310,36 @@ def dead_letter_verdict(
         data["last_error"] = last_error
     message = f"dead-lettered after {failed} failed attempts in a row"
     return data, f"{message}; last error: {last_error}" if last_error else message
+
+
+def canary_from_row(row: Sequence[Any]) -> Canary:
+    return Canary(
+        id=row[0],
+        agent_name=row[1],
+        baseline_version=row[2],
+        candidate_version=row[3],
+        share=float(row[4]),
+        status=row[5],
+        thresholds=json.loads(row[6]),
+        started_at_epoch_ms=row[7],
+        ended_at_epoch_ms=row[8],
+        reason=row[9],
+    )
+
+
+def audit_from_row(row: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(
+        id=row[0],
+        at_epoch_ms=row[1],
+        kind=row[2],
+        decision=row[3],
+        run_id=row[4],
+        agent=row[5],
+        principal=row[6],
+        tenant=row[7],
+        session_id=row[8],
+        tool=row[9],
+        grant=row[10],
+        reason=row[11],
+        detail=json.loads(row[12]),
+    )

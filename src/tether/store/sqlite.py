@@ -18,16 +18,30 @@ from tether.errors import (
     RunNotFoundError,
     StoreError,
 )
-from tether.store.base import Escalation, EventDraft, NewEscalation, NewRun, Operation, OperationWrite
+from tether.store.base import (
+    AuditEntry,
+    Canary,
+    Escalation,
+    EventDraft,
+    NewEscalation,
+    NewRun,
+    Operation,
+    OperationWrite,
+    RunOutcome,
+)
 from tether.store.sql import (
     ATTEMPT_MARKER_KINDS,
+    AUDIT_COLUMNS,
     BASE_VERSION,
+    CANARY_COLUMNS,
     ESCALATION_COLUMNS,
     MIGRATIONS,
     OPERATION_COLUMNS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
     UNFINISHED,
+    audit_from_row,
+    canary_from_row,
     dead_letter_verdict,
     dumps,
     escalation_from_row,
@@ -117,7 +131,7 @@ class SqliteRunStore:
             if current < SCHEMA_VERSION:
                 for version in sorted(v for v in MIGRATIONS if v > current):
                     for statement in MIGRATIONS[version]:
-                        self._db.execute(statement)
+                        self._db.execute(statement.format(float="REAL"))
                 self._db.execute("UPDATE tether_schema SET version = ?", (SCHEMA_VERSION,))
             elif current > SCHEMA_VERSION:
                 raise ConfigurationError(
@@ -168,7 +182,8 @@ class SqliteRunStore:
         db.execute(
             "INSERT INTO runs (id, agent_name, agent_version, agent_target, model_spec, status, "
             "input, principal, idempotency_key, parent_run_id, created_at_epoch_ms, "
-            "updated_at_epoch_ms, session_id, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "updated_at_epoch_ms, session_id, tenant, shadow_of) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 new.id,
                 new.agent_name,
@@ -184,6 +199,7 @@ class SqliteRunStore:
                 now,
                 new.session_id,
                 new.tenant,
+                new.shadow_of,
             ),
         )
         data = {"agent": new.agent_name, "version": new.agent_version, "input": new.input}
@@ -201,20 +217,32 @@ class SqliteRunStore:
         (count,) = self._db.execute("SELECT count(*) FROM run_events WHERE run_id = ?", (run_id,)).fetchone()
         return run_from_row(row, count)
 
-    async def list_runs(self, *, status: RunStatus | None = None, limit: int = 100) -> list[Run]:
-        counted = (
-            f"SELECT {RUN_COLUMNS}, (SELECT count(*) FROM run_events e WHERE e.run_id = runs.id) FROM runs"
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        session_id: str | None = None,
+        agent_name: str | None = None,
+        shadows: bool = False,
+        limit: int = 100,
+    ) -> list[Run]:
+        clauses: list[str] = ["shadow_of IS NOT NULL" if shadows else "shadow_of IS NULL"]
+        args: list[object] = []
+        if agent_name is not None:
+            clauses.append("agent_name = ?")
+            args.append(agent_name)
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status.value)
+        if session_id is not None:
+            clauses.append("session_id = ?")
+            args.append(session_id)
+        where = f"WHERE {' AND '.join(clauses)}"
+        rows = self._db.execute(
+            f"SELECT {RUN_COLUMNS}, (SELECT count(*) FROM run_events e WHERE e.run_id = runs.id) FROM runs "
+            f"{where} ORDER BY created_at_epoch_ms DESC, id LIMIT ?",
+            (*args, limit),
         )
-        if status is None:
-            rows = self._db.execute(
-                f"{counted} ORDER BY created_at_epoch_ms DESC, id LIMIT ?",
-                (limit,),
-            )
-        else:
-            rows = self._db.execute(
-                f"{counted} WHERE status = ? ORDER BY created_at_epoch_ms DESC, id LIMIT ?",
-                (status.value, limit),
-            )
         return [run_from_row(row, row[-1]) for row in rows.fetchall()]
 
     async def claim_run(
@@ -226,6 +254,11 @@ class SqliteRunStore:
             "(status = 'queued' OR (status = 'running' AND "
             "(lease_owner IS NULL OR lease_expires_at_epoch_ms < ?)))"
         )
+        if run_id is None:
+            # An idle worker polls often: find out with a plain read before taking the write lock.
+            idle = self._db.execute(f"SELECT 1 FROM runs WHERE {claimable} LIMIT 1", (now,)).fetchone()
+            if idle is None:
+                return None
         with self._write() as db:
             if run_id is None:
                 target = db.execute(
@@ -309,6 +342,7 @@ class SqliteRunStore:
         *,
         usage: Usage | None = None,
         operations: Sequence[OperationWrite] = (),
+        within: Callable[[], None] | None = None,
     ) -> list[RunEvent]:
         now = self._clock()
         rows = [
@@ -346,6 +380,8 @@ class SqliteRunStore:
                         now,
                     ),
                 )
+            if within is not None:
+                within()
         return [
             RunEvent(run_id, first_seq + offset, event.kind, now, event.data)
             for offset, event in enumerate(events)
@@ -393,33 +429,43 @@ class SqliteRunStore:
             )
         return RunEvent(run_id, first_seq, event.kind, now, event.data)
 
-    async def cancel(self, run_id: str, reason: str) -> Run:
+    async def cancel(self, run_id: str, reason: str, *, compensate: bool = False) -> Run:
         now = self._clock()
         with self._write() as db:
             row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFoundError(f"no run with id {run_id!r}")
-            if not RunStatus(row[0]).is_terminal:
-                (next_seq,) = db.execute(
-                    "SELECT coalesce(max(seq), -1) + 1 FROM run_events WHERE run_id = ?", (run_id,)
-                ).fetchone()
+            status = RunStatus(row[0])
+            undo = compensate and self._has_succeeded_writes(db, run_id)
+            if status.is_terminal and status != RunStatus.DEAD_LETTERED:  # dead letters: discarded
+                return await self.get_run(run_id)
+            db.execute(
+                "UPDATE escalations SET status = 'cancelled' WHERE run_id = ? AND status = 'open'", (run_id,)
+            )
+            if undo:
+                # Writes took effect: a worker runs their compensations first, then ends it cancelled.
+                data = {"error": reason, "detail": {"reason": reason}, "outcome": "cancelled"}
+                self._append_unfenced(db, run_id, EventKind.COMPENSATION_STARTED, data, now)
                 db.execute(
-                    "INSERT INTO run_events (run_id, seq, kind, created_at_epoch_ms, data) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (
-                        run_id,
-                        next_seq,
-                        EventKind.RUN_CANCELLED.value,
-                        now,
-                        dumps({"reason": reason}),
-                    ),
+                    "UPDATE runs SET status = 'queued', attempts = 0, error = ?, lease_owner = NULL, "
+                    "lease_expires_at_epoch_ms = NULL, updated_at_epoch_ms = ? WHERE id = ?",
+                    (reason, now, run_id),
                 )
+            else:
+                self._append_unfenced(db, run_id, EventKind.RUN_CANCELLED, {"reason": reason}, now)
                 db.execute(
                     "UPDATE runs SET status = 'cancelled', error = ?, lease_owner = NULL, "
                     "lease_expires_at_epoch_ms = NULL, updated_at_epoch_ms = ? WHERE id = ?",
                     (reason, now, run_id),
                 )
         return await self.get_run(run_id)
+
+    @staticmethod
+    def _has_succeeded_writes(db: sqlite3.Connection, run_id: str) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM operations WHERE run_id = ? AND status = 'succeeded' LIMIT 1", (run_id,)
+        ).fetchone()
+        return row is not None
 
     async def list_escalations(
         self, *, status: str | None = "open", run_id: str | None = None, limit: int = 100
@@ -460,11 +506,12 @@ class SqliteRunStore:
         now = self._clock()
         with self._write() as db:
             row = db.execute(
-                "SELECT run_id, status FROM escalations WHERE id = ?", (escalation_id,)
+                "SELECT run_id, status, reason, created_at_epoch_ms FROM escalations WHERE id = ?",
+                (escalation_id,),
             ).fetchone()
             if row is None:
                 raise EscalationNotFoundError(f"no escalation with id {escalation_id!r}")
-            run_id, status = row
+            run_id, status, reason, opened_at = row
             applied = status == "open"
             if applied:
                 # The run is parked (no lease), so this write needs none; the status check below
@@ -477,7 +524,13 @@ class SqliteRunStore:
                 (next_seq,) = db.execute(
                     "SELECT coalesce(max(seq), -1) + 1 FROM run_events WHERE run_id = ?", (run_id,)
                 ).fetchone()
-                data = {"escalation_id": escalation_id, "answer": answer, "by": by}
+                data = {
+                    "escalation_id": escalation_id,
+                    "reason": reason,
+                    "opened_at_epoch_ms": opened_at,
+                    "answer": answer,
+                    "by": by,
+                }
                 db.execute(
                     "INSERT INTO run_events (run_id, seq, kind, created_at_epoch_ms, data) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -542,6 +595,154 @@ class SqliteRunStore:
         for status, count in self._db.execute("SELECT status, count(*) FROM runs GROUP BY status"):
             counts[RunStatus(status)] = int(count)
         return counts
+
+    async def create_canary(self, canary: Canary) -> Canary:
+        with self._write() as db:
+            running = db.execute(
+                "SELECT id FROM canaries WHERE agent_name = ? AND status = 'running'", (canary.agent_name,)
+            ).fetchone()
+            if running is not None:
+                raise ConfigurationError(
+                    f"agent {canary.agent_name!r} already has canary {running[0]} running; "
+                    "promote or roll it back first"
+                )
+            db.execute(
+                f"INSERT INTO canaries ({CANARY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    canary.id,
+                    canary.agent_name,
+                    canary.baseline_version,
+                    canary.candidate_version,
+                    canary.share,
+                    canary.status,
+                    dumps(canary.thresholds),
+                    canary.started_at_epoch_ms,
+                    canary.ended_at_epoch_ms,
+                    canary.reason,
+                ),
+            )
+        return canary
+
+    async def current_canary(self, agent_name: str) -> Canary | None:
+        row = self._db.execute(
+            f"SELECT {CANARY_COLUMNS} FROM canaries WHERE agent_name = ? "
+            "ORDER BY started_at_epoch_ms DESC, id DESC LIMIT 1",
+            (agent_name,),
+        ).fetchone()
+        if row is None or row[5] == "rolled_back":
+            return None
+        return canary_from_row(row)
+
+    async def list_canaries(self, *, agent_name: str | None = None, limit: int = 50) -> list[Canary]:
+        where, args = ("WHERE agent_name = ?", (agent_name,)) if agent_name is not None else ("", ())
+        rows = self._db.execute(
+            f"SELECT {CANARY_COLUMNS} FROM canaries {where} "
+            "ORDER BY started_at_epoch_ms DESC, id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [canary_from_row(row) for row in rows]
+
+    async def end_canary(self, canary_id: str, status: str, reason: str) -> tuple[Canary, bool]:
+        if status not in ("promoted", "rolled_back"):
+            raise ConfigurationError(f"a canary ends promoted or rolled_back, not {status!r}")
+        now = self._clock()
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE canaries SET status = ?, reason = ?, ended_at_epoch_ms = ? "
+                "WHERE id = ? AND status = 'running'",
+                (status, reason, now, canary_id),
+            )
+            row = db.execute(f"SELECT {CANARY_COLUMNS} FROM canaries WHERE id = ?", (canary_id,)).fetchone()
+        if row is None:
+            raise ConfigurationError(f"no canary with id {canary_id!r}")
+        return canary_from_row(row), cursor.rowcount == 1
+
+    async def outcomes(self, agent_name: str, version: str, since_epoch_ms: int) -> list[RunOutcome]:
+        rows = self._db.execute(
+            "SELECT status, cost_usd, updated_at_epoch_ms - created_at_epoch_ms FROM runs "
+            "WHERE agent_name = ? AND agent_version = ? AND created_at_epoch_ms >= ? AND shadow_of IS NULL",
+            (agent_name, version, since_epoch_ms),
+        ).fetchall()
+        return [RunOutcome(RunStatus(status), cost, int(duration)) for status, cost, duration in rows]
+
+    async def tool_usage(self, agent_name: str, *, runs: int) -> list[tuple[dict[str, int], int]]:
+        recent = self._db.execute(
+            "SELECT id FROM runs WHERE agent_name = ? AND status = 'succeeded' AND shadow_of IS NULL "
+            "ORDER BY created_at_epoch_ms DESC LIMIT ?",
+            (agent_name, runs),
+        ).fetchall()
+        usage: dict[str, tuple[dict[str, int], list[int]]] = {run_id: ({}, [0]) for (run_id,) in recent}
+        if not usage:
+            return []
+        marks = ", ".join("?" * len(usage))
+        rows = self._db.execute(
+            f"SELECT run_id, kind, json_extract(data, '$.tool') FROM run_events WHERE run_id IN ({marks}) "
+            "AND kind IN ('tool.result', 'tool.intent')",
+            tuple(usage),
+        )
+        for run_id, kind, tool in rows:
+            calls, writes = usage[run_id]
+            if kind == EventKind.TOOL_INTENT.value:
+                writes[0] += 1
+            elif tool is not None:
+                calls[tool] = calls.get(tool, 0) + 1
+        return [(calls, writes[0]) for calls, writes in usage.values()]
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        if not entries:
+            return
+        now = self._clock()
+        with self._write() as db:
+            db.executemany(
+                f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        e.at_epoch_ms or now,
+                        e.kind,
+                        e.decision,
+                        e.run_id,
+                        e.agent,
+                        e.principal,
+                        e.tenant,
+                        e.session_id,
+                        e.tool,
+                        e.grant,
+                        e.reason,
+                        dumps(e.detail),
+                    )
+                    for e in entries
+                ],
+            )
+
+    async def list_audit(
+        self,
+        *,
+        run_id: str | None = None,
+        principal: str | None = None,
+        session_id: str | None = None,
+        decision: str | None = None,
+        since_epoch_ms: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        clauses: list[str] = []
+        args: list[object] = []
+        for column, value in (
+            ("run_id", run_id),
+            ("principal", principal),
+            ("session_id", session_id),
+            ("decision", decision),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if since_epoch_ms is not None:
+            clauses.append("at_epoch_ms >= ?")
+            args.append(since_epoch_ms)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT {AUDIT_COLUMNS} FROM audit {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+        ).fetchall()
+        return [audit_from_row(row) for row in rows]
 
     def _failed_attempts(self, db: sqlite3.Connection, run_id: str, attempts: int) -> int:
         markers = db.execute(

@@ -93,6 +93,8 @@ class FakeLLMServer:
         self._model_name = model_name
         # Every key exists from the start so another thread can copy the dict while it changes.
         self._stats = dict.fromkeys(("requests", *FAULT_KINDS), 0)
+        # Headers of the latest chat request (lower-case names), for tests of what a client sends.
+        self.last_headers: dict[str, str] = {}
         self._server: asyncio.Server | None = None
         self._bound_port: int | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -210,6 +212,7 @@ class FakeLLMServer:
             await send(writer, exc.status, error_body(exc.message, "invalid_request_error"), False)
             return False
         if (method, path) == ("POST", "/v1/chat/completions"):
+            self.last_headers = {name.lower(): value for name, value in headers.items()}
             return await self._serve_chat(_Exchange(reader, writer, body, 0)) and keep_alive
         if (method, path) == ("GET", "/v1/models"):
             model = {"id": self._model_name, "object": "model", "created": 0, "owned_by": "tether"}

@@ -1,0 +1,119 @@
+"""`tether serve`: the HTTP API with in-process workers, stopped gracefully by SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from tether.cli_support import ConfigOption, DbOption
+from tether.cli_support import err as _err
+from tether.cli_support import importable_cwd as _importable_cwd
+from tether.cli_support import run_async as _run_async
+from tether.cli_support import settings as _settings
+from tether.config import open_runtime
+from tether.errors import ConfigurationError
+from tether.runtime import Worker
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")] = 8080,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Workers executing runs in this process (0: serve the API only).")
+    ] = 1,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the HTTP API (/api/..., OpenAPI at /openapi.json) with in-process workers. Keys come from
+    TETHER_API_KEYS (tenant:scope1+scope2:secret, comma-separated), else one admin key is printed; the
+    agents clients may start from TETHER_API_AGENTS (module:attribute, comma-separated).
+    SIGTERM/SIGINT stop the workers, then the server."""
+    import uvicorn
+
+    from tether.server.api import SCOPES, ApiKey, create_api, parse_api_keys
+
+    settings = _settings(config, db=db)
+    stderr = Console(stderr=True, highlight=False)
+    try:
+        keys = parse_api_keys(os.environ.get("TETHER_API_KEYS", ""))
+    except ConfigurationError as exc:
+        raise _err(f"TETHER_API_KEYS: {exc}") from None
+    allowed = [
+        target.strip() for target in os.environ.get("TETHER_API_AGENTS", "").split(",") if target.strip()
+    ]
+    if not keys:
+        key, secret = ApiKey.create(None, SCOPES)
+        keys = [key]
+        stderr.print(f"TETHER_API_KEYS is not set; this run's operator key: {secret}", markup=False)
+    _importable_cwd()
+
+    class GracefulServer(uvicorn.Server):
+        """Hands the first SIGTERM/SIGINT to `stop` (workers first); a second one exits at once."""
+
+        stop: asyncio.Event
+        ready: asyncio.Event  # set once startup ended, bound or not
+        loop: asyncio.AbstractEventLoop
+
+        async def startup(self, sockets: Any = None) -> None:
+            try:
+                await super().startup(sockets)
+            finally:
+                self.ready.set()
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.stop.is_set():
+                self.should_exit = self.force_exit = True
+            self.loop.call_soon_threadsafe(self.stop.set)
+
+    async def go() -> None:
+        async with open_runtime(settings) as runtime:
+            from tether.observe.metrics import RunMetrics
+
+            metrics = RunMetrics(
+                store=runtime.store,
+                breakers=runtime.gateway.breakers,
+                cost_per_task_limit_usd=settings.metrics.cost_per_task_limit_usd,
+            )
+            runtime.observers.append(metrics)
+            uvicorn_config = uvicorn.Config(
+                create_api(runtime, keys, agents=allowed, metrics=metrics),
+                host=host,
+                port=port,
+                log_level="warning",
+                lifespan="off",
+            )
+            server = GracefulServer(uvicorn_config)
+            server.stop, server.ready = asyncio.Event(), asyncio.Event()
+            server.loop = asyncio.get_running_loop()
+
+            async def serving() -> None:
+                try:
+                    await server.serve()
+                except SystemExit:  # uvicorn's answer to a port it cannot bind; it logged why
+                    server.ready.set()
+
+            served = asyncio.create_task(serving())
+            await server.ready.wait()
+            if not server.started:
+                raise _err(f"cannot serve on {host}:{port} (see the log line above)", 1)
+            bound = server.servers[0].sockets[0].getsockname()[1]
+            shown = f"[{host}]" if ":" in host else host
+            stderr.print(
+                f"tether API at http://{shown}:{bound}/api (OpenAPI at /openapi.json), {workers} worker(s)",
+                markup=False,
+            )
+            running = [
+                asyncio.create_task(Worker(runtime, concurrency=settings.concurrency).run(stop=server.stop))
+                for _ in range(workers)
+            ]
+            await server.stop.wait()
+            await asyncio.gather(*running)  # in-flight runs reach their next durable step first
+            server.should_exit = True
+            await served
+
+    _run_async(go)
+    stderr.print("tether API stopped")
