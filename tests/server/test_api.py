@@ -376,3 +376,67 @@ async def test_oversized_input_is_refused(api: Api) -> None:
     """A message over 100,000 characters is a 422 naming the field, and no run is created."""
     response = await api.call("acme", "POST", "/api/runs", {"agent": ECHO, "input": "x" * 100_001})
     assert "input" in assert_problem(response, 422)["detail"]
+
+
+async def test_run_listing_is_the_keys_tenants_and_filters(api: Api) -> None:
+    """GET /api/runs lists only the key's tenant's runs, filtered by principal, status and agent."""
+    mine = [await api.start("acme", principal=f"p{n}") for n in range(3)]
+    theirs = await api.start("globex", principal="p0")
+    listed = (await api.call("acme", "GET", "/api/runs?limit=2")).json()
+    assert len(listed) == 2  # a full page, though globex's run is the newest
+    assert {run["run_id"] for run in listed} <= {run["run_id"] for run in mine}
+    by_principal = (await api.call("acme", "GET", "/api/runs?principal=p0")).json()
+    assert [run["run_id"] for run in by_principal] == [mine[0]["run_id"]]
+    assert (await api.call("acme", "GET", "/api/runs?status=succeeded")).json() == []
+    assert len((await api.call("acme", "GET", "/api/runs?agent=api-echo")).json()) == 3
+    everyone = (await api.call("operator", "GET", "/api/runs")).json()
+    assert theirs["run_id"] in {run["run_id"] for run in everyone}
+    problem = assert_problem(await api.call("acme", "GET", "/api/runs?status=lost"), 422)
+    assert "status" in problem["detail"]
+
+
+async def test_agents_cost_and_budgets_are_per_tenant(api: Api) -> None:
+    """Agent versions, cost per principal and budget usage count only the caller's tenant's runs."""
+    for principal in ("ada", "ada", "bob"):
+        run = await api.start("acme", principal=principal)
+        await api.runtime.execute(run["run_id"])
+    other = await api.start("globex", principal="ada")
+    await api.runtime.execute(other["run_id"])
+    agents = (await api.call("acme", "GET", "/api/agents")).json()
+    assert ECHO in agents["served"]
+    assert [(v["agent"], v["version"], v["runs"], v["succeeded"]) for v in agents["versions"]] == [
+        ("api-echo", "1", 3, 3)
+    ]
+    per_principal = (await api.call("acme", "GET", "/api/cost?by=principal")).json()
+    assert sorted((row["principal"], row["runs"]) for row in per_principal) == [("ada", 2), ("bob", 1)]
+    per_tenant = (await api.call("operator", "GET", "/api/cost?by=tenant")).json()
+    assert sorted(row["tenant"] for row in per_tenant) == ["acme", "globex"]
+    assert_problem(await api.call("acme", "GET", "/api/cost?by=input"), 422)
+    assert_problem(await api.call("acme", "GET", "/api/cost?since_hours=0"), 422)
+    budgets = (await api.call("acme", "GET", "/api/budgets?principal=ada")).json()
+    assert budgets["tenant"] == "acme"
+    assert set(budgets["levels"]) >= {"principal-day", "tenant-day"}
+    assert budgets["levels"]["tenant-day"]["tokens"]["limit"] == 1_000_000
+
+
+async def test_canary_control_over_http(api: Api) -> None:
+    """Admins start, read and roll back a canary; a second start or a promote after the end is 409."""
+    body = {"candidate": "2", "baseline": "1", "share": 0.5}
+    assert_problem(await api.call("acme", "POST", "/api/canaries/api-echo", body), 403)
+    started = await api.call("operator", "POST", "/api/canaries/api-echo", body)
+    assert started.status_code == 201, started.text
+    assert started.json()["status"] == "running"
+    again = assert_problem(await api.call("operator", "POST", "/api/canaries/api-echo", body), 409)
+    assert "already has canary" in again["detail"]
+    report = (await api.call("operator", "GET", "/api/canaries/api-echo")).json()
+    assert report["verdict"] == "waiting"
+    ended = await api.call("operator", "POST", "/api/canaries/api-echo/rollback", {"reason": "not today"})
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "rolled_back"
+    assert "not today" in ended.json()["reason"]
+    late = assert_problem(await api.call("operator", "POST", "/api/canaries/api-echo/promote"), 409)
+    assert "no running canary" in late["detail"]
+    bad = {"candidate": "2", "baseline": "1", "share": 2}
+    assert (
+        "share" in assert_problem(await api.call("operator", "POST", "/api/canaries/x", bad), 422)["detail"]
+    )

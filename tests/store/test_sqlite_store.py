@@ -611,3 +611,65 @@ async def test_store_from_url_rejects_malformed_sqlite_url(
     with pytest.raises(ConfigurationError, match=r"sqlite:runs\.db"):
         await open_and_close("sqlite:runs.db")
     assert not (tmp_path / "sqlite:runs.db").exists()
+
+
+# --- listings for the API and the console ------------------------------------------------------------
+
+
+async def spent(
+    store: SqliteRunStore,
+    run_id: str,
+    cost: float | None,
+    *,
+    agent: str = "support",
+    version: str = "1",
+    principal: str | None = None,
+    tenant: str | None = None,
+) -> None:
+    await store.create_run(
+        NewRun(
+            id=run_id, agent_name=agent, input="hi", agent_version=version, principal=principal, tenant=tenant
+        )
+    )
+    assert await store.claim_run("A", 30.0, run_id=run_id) is not None
+    await store.append_events(run_id, "A", 1, [EventDraft("model.response")], usage=Usage(100, 20, cost))
+
+
+async def test_list_runs_filters_tenants_before_the_limit(store: SqliteRunStore, clock: Clock) -> None:
+    """A tenant's page is full of its own runs even when other tenants' runs are newer; None is a tenant."""
+    await spent(store, "a1", 0.1, tenant="acme", principal="ada")
+    await spent(store, "a2", 0.1, tenant="acme", principal="bob")
+    clock.advance(1)
+    for n in range(5):
+        await spent(store, f"g{n}", 0.1, tenant="globex")
+    await spent(store, "n1", 0.1)
+    acme = await store.list_runs(tenants=["acme"], limit=2)
+    assert [run.id for run in acme] == ["a1", "a2"]
+    assert [run.id for run in await store.list_runs(tenants=[None])] == ["n1"]
+    assert await store.list_runs(tenants=[]) == []
+    assert [run.id for run in await store.list_runs(tenants=["acme"], principal="bob")] == ["a2"]
+
+
+async def test_cost_by_groups_and_orders_by_cost(store: SqliteRunStore, clock: Clock) -> None:
+    """Cost sums per agent version, principal and tenant, costliest first; unknown cost counts as 0."""
+    await spent(store, "r1", 0.25, version="1", principal="ada", tenant="acme")
+    await spent(store, "r2", 0.5, version="2", principal="ada", tenant="acme")
+    await spent(store, "r3", None, version="2", principal="bob", tenant="globex")
+    await spent(store, "r4", 0.8, version="2", principal="cy", tenant="globex")
+    by_version = await store.cost_by("agent_version")
+    assert [(row.label, row.runs, row.cost_usd, row.tokens) for row in by_version] == [
+        ("support v2", 3, 1.3, 360),
+        ("support v1", 1, 0.25, 120),
+    ]
+    by_principal = await store.cost_by("principal", tenants=["acme"])
+    assert [(row.principal, row.runs, row.cost_usd) for row in by_principal] == [("ada", 2, 0.75)]
+    by_tenant = await store.cost_by("tenant")
+    assert [(row.tenant, row.cost_usd) for row in by_tenant] == [("globex", 0.8), ("acme", 0.75)]
+    clock.advance(10)
+    assert await store.cost_by("tenant", since_epoch_ms=clock.now_ms) == []
+
+
+async def test_cost_by_an_unknown_group_is_refused(store: SqliteRunStore) -> None:
+    """Grouping by a column that is not offered names the groups that are."""
+    with pytest.raises(ConfigurationError, match="agent_version, principal, tenant"):
+        await store.cost_by("input")  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import secrets
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
@@ -315,9 +315,16 @@ class Runtime:
                 raise TimeoutError(f"run {run_id} is still {run.status} after {timeout_s} s")
             await asyncio.sleep(poll_s)
 
-    async def inbox(self, *, status: str | None = "open", limit: int = 100) -> list[Escalation]:
-        """Questions for people, oldest first (`status=None` for answered ones too)."""
-        return await self.store.list_escalations(status=status, limit=limit)
+    async def inbox(
+        self,
+        *,
+        status: str | None = "open",
+        tenants: Collection[str | None] | None = None,
+        limit: int = 100,
+    ) -> list[Escalation]:
+        """Questions for people, oldest first (`status=None` for answered ones too); `tenants`: only
+        those of these tenants' runs."""
+        return await self.store.list_escalations(status=status, tenants=tenants, limit=limit)
 
     async def answer(
         self, escalation_id: str, choice: str, *, text: str | None = None, by: str = "operator"
@@ -367,9 +374,11 @@ class Runtime:
             await self.answer(escalation.id, choice, text=text, by="expiry")
         return len(expired)
 
-    async def dead_letters(self, *, limit: int = 100) -> list[Run]:
+    async def dead_letters(
+        self, *, tenants: Collection[str | None] | None = None, limit: int = 100
+    ) -> list[Run]:
         """Runs parked after `max_attempts` attempts failed in a row, newest first."""
-        return await self.store.list_runs(status=RunStatus.DEAD_LETTERED, limit=limit)
+        return await self.store.list_runs(status=RunStatus.DEAD_LETTERED, tenants=tenants, limit=limit)
 
     async def dead_letter(self, run_id: str) -> DeadLetter:
         """A run laid out for triage: attempts, decisions, tool outputs, calls left without a result."""

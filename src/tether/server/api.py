@@ -30,8 +30,10 @@ from tether.errors import (
     RunNotFoundError,
 )
 from tether.observe.metrics import RunMetrics
+from tether.policy.limits import Budget, Scope
 from tether.runtime import Runtime, load_target
-from tether.store.base import Escalation
+from tether.runtime.canary import CanaryThresholds
+from tether.store.base import CostGroup, Escalation
 from tether.types import JsonDict, Run, RunStatus
 
 RUNS_READ = "runs:read"
@@ -92,6 +94,11 @@ class ApiKey:
 
     def sees(self, tenant: str | None) -> bool:
         return self.is_operator or tenant == self.tenant
+
+    @property
+    def tenants(self) -> tuple[str | None, ...] | None:
+        """The store filter for what this key sees: None (every tenant) for an operator key."""
+        return None if self.is_operator else (self.tenant,)
 
 
 class ProblemError(Exception):
@@ -167,6 +174,14 @@ class StartRun(_Body):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
 
 
+class RunsQuery(_Body):
+    status: RunStatus | None = None
+    agent: str | None = Field(default=None, max_length=300, description="an agent's name")
+    session_id: str | None = Field(default=None, max_length=256)
+    principal: str | None = Field(default=None, max_length=256)
+    limit: int = Field(default=100, ge=1, le=_MAX_LIMIT)
+
+
 class CancelRun(_Body):
     reason: str = Field(default="cancelled over the API", max_length=1000)
 
@@ -178,6 +193,18 @@ class AuditQuery(_Body):
     decision: str | None = Field(default=None, description="allow, deny, block, sanitise or escalate")
     since_epoch_ms: int | None = None
     limit: int = Field(default=100, ge=1, le=_MAX_LIMIT)
+
+
+class StartCanary(_Body):
+    candidate: str = Field(min_length=1, max_length=64, description="the new version")
+    baseline: str = Field(min_length=1, max_length=64, description="the version in production")
+    share: float = Field(default=0.1, gt=0, le=1, description="fraction of principals on the candidate")
+    min_runs: int = Field(default=20, ge=1, le=1_000_000, description="candidate runs before any verdict")
+    max_cost_ratio: float = Field(default=1.5, gt=0, le=1000, description="mean cost allowed, x baseline")
+
+
+class EndCanary(_Body):
+    reason: str | None = Field(default=None, max_length=1000)
 
 
 class Answer(_Body):
@@ -235,7 +262,75 @@ def _add_status_routes(app: FastAPI, access: _Access, metrics: RunMetrics | None
         states = await runtime.gateway.breakers.states()
         return [{"target": name, "state": str(state)} for name, state in sorted(states.items())]
 
-    @app.get("/api/canaries/{agent}", tags=["status"])
+    @app.get("/api/agents", tags=["status"])
+    async def list_agents(key: ReadKey) -> JsonDict:
+        """The agents that may be started here, and every agent version that has run, with its totals."""
+        versions = await runtime.store.cost_by("agent_version", tenants=key.tenants, limit=_MAX_LIMIT)
+        return {"served": sorted(access.agents), "versions": [row.to_dict() for row in versions]}
+
+    @app.get("/api/cost", tags=["status"])
+    async def cost(
+        key: ReadKey,
+        by: CostGroup = "agent_version",
+        since_hours: Annotated[float, Query(gt=0, le=24 * 366)] = 24.0,
+        limit: Limit = 50,
+    ) -> list[JsonDict]:
+        """Cost and tokens of the runs started in the last `since_hours`, per agent version, principal
+        (customer) or tenant, costliest first."""
+        since = int(time.time() * 1000 - since_hours * 3_600_000)
+        rows = await runtime.store.cost_by(by, since_epoch_ms=since, tenants=key.tenants, limit=limit)
+        return [row.to_dict() for row in rows]
+
+    @app.get("/api/budgets", tags=["status"])
+    async def budgets(
+        key: ReadKey,
+        principal: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+        session_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    ) -> JsonDict:
+        """The default budget's limits and what the caller's tenant (and a principal or session of it)
+        has used of them in the current windows."""
+        policy = runtime.budget_policy
+        scope = Scope(run_id="-", session_id=session_id, principal=principal, tenant=key.tenant)
+        usage = await Budget(policy, runtime.budget_backend).usage(scope)
+        levels = {
+            name: {
+                counter: {"used": use.used, "reserved": use.reserved, "limit": use.limit}
+                for counter, use in counters.items()
+            }
+            for name, counters in usage.items()
+            if name != "run"
+        }
+        return {"tenant": key.tenant, "principal": principal, "session_id": session_id, "levels": levels}
+
+    @app.post("/api/canaries/{agent}", status_code=201, tags=["canaries"])
+    async def start_canary(agent: str, body: StartCanary, key: AdminKey) -> JsonDict:
+        """Route a share of the agent's new runs (sticky per principal) to a candidate version."""
+        try:
+            canary = await runtime.canaries.start(
+                agent,
+                body.candidate,
+                baseline_version=body.baseline,
+                share=body.share,
+                thresholds=CanaryThresholds(min_runs=body.min_runs, max_cost_ratio=body.max_cost_ratio),
+            )
+        except ConfigurationError as exc:
+            raise ProblemError(409, "Conflict", str(exc)) from None
+        return canary.to_dict()
+
+    @app.post("/api/canaries/{agent}/{action}", tags=["canaries"])
+    async def end_canary(
+        agent: str, action: Literal["promote", "rollback"], key: AdminKey, body: EndCanary | None = None
+    ) -> JsonDict:
+        """Promote the running canary (every new run takes the candidate) or roll it back."""
+        status = "promoted" if action == "promote" else "rolled_back"
+        reason = (body.reason if body is not None else None) or f"{status} over the API"
+        try:
+            ended = await runtime.canaries.end(agent, status, f"{reason} (by {key.id})")
+        except ConfigurationError as exc:
+            raise ProblemError(409, "Conflict", str(exc)) from None
+        return ended.to_dict()
+
+    @app.get("/api/canaries/{agent}", tags=["canaries"])
     async def canary_status(agent: str, key: AdminKey) -> JsonDict:
         """The agent's latest canary compared with its baseline (judging may roll it back)."""
         report = await runtime.canaries.check(agent)
@@ -284,9 +379,6 @@ class _Access:
             raise not_found
         return escalation
 
-    async def tenants_of(self, run_ids: Collection[str]) -> dict[str, str | None]:
-        return {run_id: (await self.runtime.store.get_run(run_id)).tenant for run_id in set(run_ids)}
-
 
 def _add_run_routes(app: FastAPI, access: _Access, *, stream_poll_s: float, stream_max_s: float) -> None:
     runtime = access.runtime
@@ -322,6 +414,19 @@ def _add_run_routes(app: FastAPI, access: _Access, *, stream_poll_s: float, stre
         except ConfigurationError as exc:
             raise ProblemError(422, "Unprocessable Agent", str(exc)) from None
         return JSONResponse(run.to_dict(), status_code=202, headers={"Location": f"/api/runs/{run.id}"})
+
+    @app.get("/api/runs", tags=["runs"])
+    async def list_runs(key: ReadKey, query: Annotated[RunsQuery, Query()]) -> list[JsonDict]:
+        """The caller's tenant's runs, newest first, filtered by status, agent, session and principal."""
+        runs = await runtime.store.list_runs(
+            status=query.status,
+            agent_name=query.agent,
+            session_id=query.session_id,
+            principal=query.principal,
+            tenants=key.tenants,
+            limit=query.limit,
+        )
+        return [run.to_dict() for run in runs]
 
     @app.get("/api/runs/{run_id}", tags=["runs"])
     async def get_run(run_id: str, key: ReadKey) -> JsonDict:
@@ -367,9 +472,8 @@ def _add_inbox_routes(app: FastAPI, access: _Access) -> None:
         limit: Limit = 100,
     ) -> list[JsonDict]:
         """Questions for people, oldest first."""
-        questions = await runtime.inbox(status=None if status == "all" else status, limit=limit)
-        tenants = await access.tenants_of([q.run_id for q in questions])
-        return [q.to_dict() for q in questions if key.sees(tenants[q.run_id])]
+        wanted = None if status == "all" else status
+        return [q.to_dict() for q in await runtime.inbox(status=wanted, tenants=key.tenants, limit=limit)]
 
     @app.get("/api/inbox/{escalation_id}", tags=["inbox"])
     async def get_question(escalation_id: str, key: InboxReadKey) -> JsonDict:
@@ -399,7 +503,7 @@ def _add_admin_routes(app: FastAPI, access: _Access) -> None:
     @app.get("/api/dead-letters", tags=["dead letters"])
     async def list_dead_letters(key: AdminKey, limit: Limit = 100) -> list[JsonDict]:
         """Runs parked after too many failed attempts, newest first."""
-        return [run.to_dict() for run in await runtime.dead_letters(limit=limit) if key.sees(run.tenant)]
+        return [run.to_dict() for run in await runtime.dead_letters(tenants=key.tenants, limit=limit)]
 
     @app.get("/api/dead-letters/{run_id}", tags=["dead letters"])
     async def get_dead_letter(run_id: str, key: AdminKey) -> JsonDict:
@@ -424,8 +528,8 @@ def _add_admin_routes(app: FastAPI, access: _Access) -> None:
         """Permission and guardrail decisions, newest first."""
         if query.run_id is not None:
             await access.run(key, query.run_id)
-        entries = await runtime.store.list_audit(**query.model_dump())
-        return [entry.to_dict() for entry in entries if key.sees(entry.tenant)]
+        entries = await runtime.store.list_audit(**query.model_dump(), tenants=key.tenants)
+        return [entry.to_dict() for entry in entries]
 
 
 async def _follow(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -187,6 +187,44 @@ class AuditEntry:
         }
 
 
+CostGroup = Literal["agent_version", "principal", "tenant"]
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    """One group of runs in a cost summary; the fields it is not grouped by are None."""
+
+    agent: str | None
+    version: str | None
+    principal: str | None
+    tenant: str | None
+    runs: int
+    succeeded: int
+    cost_usd: float
+    tokens: int
+    last_run_epoch_ms: int
+
+    @property
+    def label(self) -> str:
+        if self.agent is not None:
+            return f"{self.agent} v{self.version}"
+        return (self.principal if self.principal is not None else self.tenant) or "(none)"
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "agent": self.agent,
+            "version": self.version,
+            "principal": self.principal,
+            "tenant": self.tenant,
+            "label": self.label,
+            "runs": self.runs,
+            "succeeded": self.succeeded,
+            "cost_usd": round(self.cost_usd, 6),
+            "tokens": self.tokens,
+            "last_run_epoch_ms": self.last_run_epoch_ms,
+        }
+
+
 class RunStore(Protocol):
     """Durable state of runs. Every write by a worker is fenced by its lease: a worker that lost the
     lease gets `LeaseLostError` and must stop working on the run."""
@@ -203,11 +241,26 @@ class RunStore(Protocol):
         status: RunStatus | None = None,
         session_id: str | None = None,
         agent_name: str | None = None,
+        principal: str | None = None,
+        tenants: Collection[str | None] | None = None,
         shadows: bool = False,
         limit: int = 100,
     ) -> list[Run]:
         """Production runs (or, with `shadows`, shadow runs) newest first, optionally of one status,
-        session and/or agent."""
+        session, agent and/or principal. `tenants`: only runs of these tenants (None among them: runs
+        without one); the filter applies before `limit`, so a tenant's page is full."""
+        ...
+
+    async def cost_by(
+        self,
+        group: CostGroup,
+        *,
+        since_epoch_ms: int = 0,
+        tenants: Collection[str | None] | None = None,
+        limit: int = 100,
+    ) -> list[CostRow]:
+        """Production runs started since then, summed per agent version, principal or tenant, costliest
+        first. `tenants` as in `list_runs`."""
         ...
 
     async def claim_run(
@@ -266,8 +319,15 @@ class RunStore(Protocol):
         ...
 
     async def list_escalations(
-        self, *, status: str | None = "open", run_id: str | None = None, limit: int = 100
-    ) -> list[Escalation]: ...
+        self,
+        *,
+        status: str | None = "open",
+        run_id: str | None = None,
+        tenants: Collection[str | None] | None = None,
+        limit: int = 100,
+    ) -> list[Escalation]:
+        """Questions oldest first; `tenants`: only those of these tenants' runs (as in `list_runs`)."""
+        ...
 
     async def get_escalation(self, escalation_id: str) -> Escalation: ...
 
@@ -345,7 +405,8 @@ class RunStore(Protocol):
         session_id: str | None = None,
         decision: str | None = None,
         since_epoch_ms: int | None = None,
+        tenants: Collection[str | None] | None = None,
         limit: int = 100,
     ) -> list[AuditEntry]:
-        """Audit entries, newest first, filtered."""
+        """Audit entries, newest first, filtered (`tenants` as in `list_runs`)."""
         ...

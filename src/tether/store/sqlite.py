@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,8 @@ from tether.errors import (
 from tether.store.base import (
     AuditEntry,
     Canary,
+    CostGroup,
+    CostRow,
     Escalation,
     EventDraft,
     NewEscalation,
@@ -223,20 +225,24 @@ class SqliteRunStore:
         status: RunStatus | None = None,
         session_id: str | None = None,
         agent_name: str | None = None,
+        principal: str | None = None,
+        tenants: Collection[str | None] | None = None,
         shadows: bool = False,
         limit: int = 100,
     ) -> list[Run]:
         clauses: list[str] = ["shadow_of IS NOT NULL" if shadows else "shadow_of IS NULL"]
         args: list[object] = []
-        if agent_name is not None:
-            clauses.append("agent_name = ?")
-            args.append(agent_name)
-        if status is not None:
-            clauses.append("status = ?")
-            args.append(status.value)
-        if session_id is not None:
-            clauses.append("session_id = ?")
-            args.append(session_id)
+        for column, value in (
+            ("agent_name", agent_name),
+            ("status", None if status is None else status.value),
+            ("session_id", session_id),
+            ("principal", principal),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if tenants is not None:
+            clauses.append(_tenant_clause(tenants, args))
         where = f"WHERE {' AND '.join(clauses)}"
         rows = self._db.execute(
             f"SELECT {RUN_COLUMNS}, (SELECT count(*) FROM run_events e WHERE e.run_id = runs.id) FROM runs "
@@ -244,6 +250,47 @@ class SqliteRunStore:
             (*args, limit),
         )
         return [run_from_row(row, row[-1]) for row in rows.fetchall()]
+
+    async def cost_by(
+        self,
+        group: CostGroup,
+        *,
+        since_epoch_ms: int = 0,
+        tenants: Collection[str | None] | None = None,
+        limit: int = 100,
+    ) -> list[CostRow]:
+        columns = _COST_GROUPS.get(group)
+        if columns is None:
+            raise ConfigurationError(f"cost is grouped by {', '.join(_COST_GROUPS)}, not {group!r}")
+        args: list[object] = [since_epoch_ms]
+        where = "shadow_of IS NULL AND created_at_epoch_ms >= ?"
+        if tenants is not None:
+            where += " AND " + _tenant_clause(tenants, args)
+        rows = self._db.execute(
+            f"SELECT {', '.join(columns)}, count(*), sum(status = 'succeeded'), coalesce(sum(cost_usd), 0), "
+            f"sum(input_tokens + output_tokens), max(created_at_epoch_ms) FROM runs WHERE {where} "
+            f"GROUP BY {', '.join(columns)} "
+            f"ORDER BY {len(columns) + 3} DESC, {len(columns) + 1} DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        result = []
+        for row in rows:
+            keys = dict(zip(columns, row[: len(columns)], strict=True))
+            runs, succeeded, cost, tokens, last = row[len(columns) :]
+            result.append(
+                CostRow(
+                    agent=keys.get("agent_name"),
+                    version=keys.get("agent_version"),
+                    principal=keys.get("principal"),
+                    tenant=keys.get("tenant"),
+                    runs=runs,
+                    succeeded=succeeded,
+                    cost_usd=float(cost),
+                    tokens=int(tokens or 0),
+                    last_run_epoch_ms=int(last),
+                )
+            )
+        return result
 
     async def claim_run(
         self, owner: str, lease_s: float, *, run_id: str | None = None, max_attempts: int | None = None
@@ -468,15 +515,23 @@ class SqliteRunStore:
         return row is not None
 
     async def list_escalations(
-        self, *, status: str | None = "open", run_id: str | None = None, limit: int = 100
+        self,
+        *,
+        status: str | None = "open",
+        run_id: str | None = None,
+        tenants: Collection[str | None] | None = None,
+        limit: int = 100,
     ) -> list[Escalation]:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[object] = []
         if status is not None:
             clauses.append("status = ?")
             args.append(status)
         if run_id is not None:
             clauses.append("run_id = ?")
             args.append(run_id)
+        if tenants is not None:
+            clauses.append(f"run_id IN (SELECT id FROM runs WHERE {_tenant_clause(tenants, args)})")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db.execute(
             f"SELECT {ESCALATION_COLUMNS} FROM escalations {where} ORDER BY created_at_epoch_ms, id LIMIT ?",
@@ -722,10 +777,13 @@ class SqliteRunStore:
         session_id: str | None = None,
         decision: str | None = None,
         since_epoch_ms: int | None = None,
+        tenants: Collection[str | None] | None = None,
         limit: int = 100,
     ) -> list[AuditEntry]:
         clauses: list[str] = []
         args: list[object] = []
+        if tenants is not None:
+            clauses.append(_tenant_clause(tenants, args))
         for column, value in (
             ("run_id", run_id),
             ("principal", principal),
@@ -779,3 +837,20 @@ class SqliteRunStore:
             "INSERT INTO run_events (run_id, seq, kind, created_at_epoch_ms, data) VALUES (?, ?, ?, ?, ?)",
             (run_id, next_seq, kind, now, dumps(data)),
         )
+
+
+_COST_GROUPS: dict[str, tuple[str, ...]] = {
+    "agent_version": ("agent_name", "agent_version"),
+    "principal": ("principal",),
+    "tenant": ("tenant",),
+}
+
+
+def _tenant_clause(tenants: Collection[str | None], args: list[object]) -> str:
+    """`tenant IN (...)`, with NULL matched as a tenant of its own; no tenants at all matches nothing."""
+    named = [tenant for tenant in tenants if tenant is not None]
+    parts = [f"tenant IN ({', '.join('?' * len(named))})"] if named else []
+    args.extend(named)
+    if None in tenants:
+        parts.append("tenant IS NULL")
+    return f"({' OR '.join(parts)})" if parts else "0"
