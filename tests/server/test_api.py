@@ -440,3 +440,11 @@ async def test_canary_control_over_http(api: Api) -> None:
     assert (
         "share" in assert_problem(await api.call("operator", "POST", "/api/canaries/x", bad), 422)["detail"]
     )
+
+
+async def test_health_needs_no_key(api: Api) -> None:
+    """/healthz answers without a key, with the queue depth read from the store."""
+    await api.start("acme")
+    health = await api.call(None, "GET", "/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "queued": 1}

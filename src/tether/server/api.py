@@ -245,6 +245,12 @@ def create_api(
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(Exception, _unexpected_error_handler)
 
+    @app.get("/healthz", tags=["status"])
+    async def health() -> JsonDict:
+        """Liveness without a key: the process answers and its store can be read."""
+        counts = await runtime.store.count_by_status()
+        return {"status": "ok", "queued": counts[RunStatus.QUEUED]}
+
     access = _Access(runtime, agents)
     _add_run_routes(app, access, stream_poll_s=stream_poll_s, stream_max_s=stream_max_s)
     _add_inbox_routes(app, access)
