@@ -25,16 +25,25 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=0, help="Workers executing runs in this process (0: serve the API only).")
     ] = 1,
+    drain_s: Annotated[
+        float,
+        typer.Option(
+            min=0, help="On shutdown, seconds in-flight runs may take to finish before being handed back."
+        ),
+    ] = 30.0,
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Serve the HTTP API (/api/..., OpenAPI at /openapi.json) with in-process workers. Keys come from
+    """Serve the HTTP API (/api/..., OpenAPI at /openapi.json), the operator console (/console), the
+    OpenAI-compatible endpoint (/v1) and /metrics, with in-process workers. Keys come from
     TETHER_API_KEYS (tenant:scope1+scope2:secret, comma-separated), else one admin key is printed; the
     agents clients may start from TETHER_API_AGENTS (module:attribute, comma-separated).
-    SIGTERM/SIGINT stop the workers, then the server."""
+    SIGTERM/SIGINT: stop claiming, let in-flight runs finish (up to --drain-s, then hand them back with
+    their leases released), stop the server."""
     import uvicorn
 
-    from tether.server.api import SCOPES, ApiKey, create_api, parse_api_keys
+    from tether.server.api import SCOPES, ApiKey, parse_api_keys
+    from tether.server.app import create_app
 
     settings = _settings(config, db=db)
     stderr = Console(stderr=True, highlight=False)
@@ -80,7 +89,7 @@ def serve(
             )
             runtime.observers.append(metrics)
             uvicorn_config = uvicorn.Config(
-                create_api(runtime, keys, agents=allowed, metrics=metrics),
+                create_app(runtime, keys, agents=allowed, metrics=metrics),
                 host=host,
                 port=port,
                 log_level="warning",
@@ -103,12 +112,20 @@ def serve(
             bound = server.servers[0].sockets[0].getsockname()[1]
             shown = f"[{host}]" if ":" in host else host
             stderr.print(
-                f"tether API at http://{shown}:{bound}/api (OpenAPI at /openapi.json), {workers} worker(s)",
+                f"tether API at http://{shown}:{bound}/api (OpenAPI at /openapi.json), "
+                f"console at http://{shown}:{bound}/console, {workers} worker(s)",
                 markup=False,
             )
             running = [
-                asyncio.create_task(Worker(runtime, concurrency=settings.concurrency).run(stop=server.stop))
-                for _ in range(workers)
+                asyncio.create_task(
+                    Worker(
+                        runtime,
+                        concurrency=settings.concurrency,
+                        worker_id=f"{runtime.worker_id}-{number}",
+                        drain_s=drain_s,
+                    ).run(stop=server.stop)
+                )
+                for number in range(workers)
             ]
             await server.stop.wait()
             await asyncio.gather(*running)  # in-flight runs reach their next durable step first

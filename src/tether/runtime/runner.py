@@ -562,6 +562,7 @@ class WorkerStats:
     claimed: int = 0
     finished: int = 0
     dead_lettered: int = 0  # claims that found a run's attempts used up and parked it instead
+    handed_back: int = 0  # in-flight runs interrupted at shutdown (after drain_s) and released
 
 
 class Worker:
@@ -575,22 +576,32 @@ class Worker:
         concurrency: int = 4,
         poll_s: float = 0.05,
         max_attempts: int | None = None,
+        worker_id: str | None = None,
+        drain_s: float | None = None,
     ) -> None:
+        """`worker_id`: the lease owner this worker claims as (default: the runtime's; give each of
+        several workers in one process its own). `drain_s`: on stop, how long in-flight runs may take to
+        finish before they are interrupted and handed back (lease released, queued for any worker to
+        resume from its last recorded step); None waits for them however long it takes."""
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, not {concurrency}")
         if max_attempts is not None and max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be >= 1, not {max_attempts}")
+        if drain_s is not None and drain_s < 0:
+            raise ConfigurationError(f"drain_s must be >= 0 (or None to wait), not {drain_s}")
         self.runtime = runtime
         self.concurrency = concurrency
         self.max_attempts = runtime.max_attempts if max_attempts is None else max_attempts
         self.poll_s = poll_s
+        self.worker_id = worker_id or runtime.worker_id
+        self.drain_s = drain_s
         self.stats = WorkerStats()
 
     async def run(self, *, exit_when_idle: bool = False, stop: asyncio.Event | None = None) -> WorkerStats:
         """Work until `stop` is set, or until no queued or running run is left (`exit_when_idle`)."""
         stop = stop or asyncio.Event()
-        active: set[asyncio.Task[Run]] = set()
-        store, owner = self.runtime.store, self.runtime.worker_id
+        active: dict[asyncio.Task[Run], str] = {}
+        store, owner = self.runtime.store, self.worker_id
         next_expiry_s = 0.0
         try:
             while not stop.is_set():
@@ -602,7 +613,7 @@ class Worker:
                     if run is not None:
                         self.stats.claimed += 1
                         task = asyncio.create_task(self.runtime.drive(run, owner))
-                        active.add(task)
+                        active[task] = run.id
                         task.add_done_callback(self._done(active))
                         continue
                 if time.monotonic() >= next_expiry_s:
@@ -612,19 +623,35 @@ class Worker:
                     break
                 await self._pause(active, stop)
         finally:
-            # Graceful stop: in-flight runs finish; a killed worker's runs are reclaimed by lease.
-            if active:
-                await asyncio.gather(*active, return_exceptions=True)
+            # Graceful stop: in-flight runs finish (within drain_s) or are handed back; a killed
+            # worker's runs are reclaimed when their leases expire.
+            await self._drain(active, owner)
         return self.stats
 
-    def _done(self, active: set[asyncio.Task[Run]]) -> Callable[[asyncio.Task[Run]], None]:
+    async def _drain(self, active: dict[asyncio.Task[Run], str], owner: str) -> None:
+        if not active:
+            return
+        running = dict(active)
+        if self.drain_s is None:
+            await asyncio.gather(*running, return_exceptions=True)
+            return
+        _, late = await asyncio.wait(running, timeout=self.drain_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        for task in late:
+            await self.runtime.store.release(running[task], owner)
+            self.stats.handed_back += 1
+            logger.warning("run %s handed back at shutdown; another worker resumes it", running[task])
+
+    def _done(self, active: dict[asyncio.Task[Run], str]) -> Callable[[asyncio.Task[Run]], None]:
         def callback(task: asyncio.Task[Run]) -> None:
-            active.discard(task)
+            active.pop(task, None)
             self.stats.finished += 1
 
         return callback
 
-    async def _pause(self, active: set[asyncio.Task[Run]], stop: asyncio.Event) -> None:
+    async def _pause(self, active: dict[asyncio.Task[Run], str], stop: asyncio.Event) -> None:
         """Sleep until the poll interval passes, a run finishes or a stop is asked for."""
         waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(stop.wait())}
         if active and len(active) >= self.concurrency:

@@ -105,10 +105,12 @@ def create_openai_app(
     backend: ChatBackend,
     *,
     api_keys: Collection[str] | None = None,
+    api_key_sha256: Collection[str] | None = None,
     metrics: RunMetrics | None = None,
 ) -> FastAPI:
-    """The endpoint as an ASGI app. With `api_keys`, every request needs `Authorization: Bearer <key>`.
-    With `metrics`, its calls are counted there and `GET /metrics` serves them (behind the keys too).
+    """The endpoint as an ASGI app. With `api_keys` (or only their SHA-256 hex digests, as the HTTP API's
+    keys keep them), every request needs `Authorization: Bearer <key>`. With `metrics`, its calls are
+    counted there and `GET /metrics` serves them (behind the keys too).
 
     The caller owns `backend` and closes it once the server has stopped.
     """
@@ -119,8 +121,12 @@ def create_openai_app(
     app = FastAPI(title="tether gateway", docs_url=None, redoc_url=None)
     # Starlette runs the middleware added last first: keys are checked before any body is read.
     app.add_middleware(_LimitBodySize, max_bytes=MAX_BODY_BYTES)
-    if api_keys is not None:
-        app.add_middleware(_RequireApiKey, api_keys=api_keys)
+    digests = [hashlib.sha256(key.encode()).digest() for key in api_keys or ()]
+    digests += [bytes.fromhex(digest) for digest in api_key_sha256 or ()]
+    if api_keys is not None or api_key_sha256 is not None:
+        if not digests:
+            raise ConfigurationError("no API key may call the endpoint: give at least one")
+        app.add_middleware(_RequireApiKey, digests=digests)
     app.add_exception_handler(_ApiError, _api_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(Exception, _unexpected_error_handler)
@@ -458,10 +464,10 @@ async def _unexpected_error_handler(request: Request, exc: Exception) -> Respons
 class _RequireApiKey:
     """Answers 401 unless the request carries `Authorization: Bearer <one of the keys>`."""
 
-    def __init__(self, app: ASGIApp, *, api_keys: Collection[str]) -> None:
+    def __init__(self, app: ASGIApp, *, digests: Collection[bytes]) -> None:
         self.app = app
         # Digests all have one length, so comparing them leaks neither a key's length nor a prefix.
-        self._digests = [hashlib.sha256(key.encode()).digest() for key in api_keys]
+        self._digests = list(digests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._authorised(Headers(scope=scope).get("authorization", "")):
