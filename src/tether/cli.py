@@ -11,7 +11,7 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,7 +40,7 @@ from tether.models import model_from_spec
 from tether.release_cli import canary_app, shadow_app
 from tether.runtime import Runtime, Worker, load_target
 from tether.runtime.deadletters import DeadLetter
-from tether.serve_cli import serve
+from tether.serve_cli import serve, serve_runtime
 from tether.store.base import AuditEntry, Escalation
 from tether.types import Run, RunStatus
 
@@ -428,17 +428,49 @@ def demo(
     runs: Annotated[int, typer.Option("--runs", min=1, max=10_000, help="How many customer requests.")] = 20,
     db: DbOption = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Runs driven at once.")] = 4,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve", help="Then keep the console running on localhost with the demo's pending approvals."
+        ),
+    ] = False,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="The console's port with --serve.")] = 8080,
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """A customer-support desk on the embedded store: lookups, a flaky policy service, refunds."""
+    """A customer-support desk on the embedded store: lookups, a flaky policy service, refunds. With
+    --serve, the console (and API) then stays up at http://127.0.0.1:PORT/console until Ctrl-C."""
     from tether.demo import run_demo
 
     settings = _settings(config, db=db)
-    summary = _run_async(lambda: run_demo(settings.db, runs, concurrency, quiet=as_json))
+    serving = _demo_console(port, settings.concurrency) if serve else None
+    summary = _run_async(lambda: run_demo(settings.db, runs, concurrency, quiet=as_json, serve=serving))
     if as_json:
         typer.echo(json.dumps(summary))
     raise typer.Exit(0 if summary["lost"] == 0 and summary["duplicate_refunds"] == 0 else 1)
+
+
+def _demo_console(port: int, concurrency: int) -> Callable[[Runtime], Awaitable[None]]:
+    """Serve the demo's runtime on loopback with a fresh operator key, printed with the sign-in link."""
+    from tether.server.api import SCOPES, ApiKey
+
+    key, secret = ApiKey.create(None, SCOPES)
+    stderr = Console(stderr=True, highlight=False)
+
+    def announce(base: str) -> None:
+        stderr.print(
+            f"Console: {base}/console — sign in with this operator key: {secret}",
+            markup=False,
+            soft_wrap=True,
+        )
+        stderr.print("Approve or deny the waiting refunds there; Ctrl-C stops the server.")
+
+    async def serve(runtime: Runtime) -> None:
+        await serve_runtime(
+            runtime, [key], host="127.0.0.1", port=port, workers=1, concurrency=concurrency, announce=announce
+        )
+
+    return serve
 
 
 @app.command()

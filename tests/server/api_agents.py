@@ -30,3 +30,28 @@ def _refund_desk(request: ModelRequest) -> ModelResponse:
 echo = Agent("api-echo", model=FunctionModel(_echo, name="echo"))
 desk = Agent("api-desk", model=FunctionModel(_refund_desk, name="desk"), tools=[refund])
 not_an_agent = "a string"
+
+
+@tool(side_effect="read")
+async def slow_lookup(order_id: str) -> str:
+    """Look an order up; slow while the file named by TETHER_TEST_SLOW_FILE exists."""
+    import asyncio
+    import os
+    from pathlib import Path
+
+    marker = os.environ.get("TETHER_TEST_SLOW_FILE")
+    while marker and await asyncio.to_thread(Path(marker).exists):  # noqa: ASYNC110 - a file, not an event
+        await asyncio.sleep(0.05)
+    return f"order {order_id}: shipped"
+
+
+def _slow_desk(request: ModelRequest) -> ModelResponse:
+    if request.turn == 0:
+        arguments = {"order_id": "A-1"}
+        return ModelResponse(
+            tool_calls=(ToolCall("call_0", "slow_lookup", arguments, json.dumps(arguments)),)
+        )
+    return ModelResponse(content="it shipped")
+
+
+slow = Agent("api-slow", model=FunctionModel(_slow_desk, name="slow"), tools=[slow_lookup])

@@ -448,3 +448,37 @@ async def test_health_needs_no_key(api: Api) -> None:
     health = await api.call(None, "GET", "/healthz")
     assert health.status_code == 200
     assert health.json() == {"status": "ok", "queued": 1}
+
+
+async def test_audit_since_beyond_the_stores_range_is_422(api: Api) -> None:
+    """A since_epoch_ms SQLite cannot hold (or a negative one) is a 422 naming the field, never a 500."""
+    for since in (2**70, -(2**70), -1):
+        response = await api.call("operator", "GET", f"/api/audit?since_epoch_ms={since}")
+        assert "since_epoch_ms" in assert_problem(response, 422)["detail"]
+    assert (await api.call("operator", "GET", "/api/audit?since_epoch_ms=0")).status_code == 200
+
+
+async def test_a_body_that_is_not_utf8_is_400(api: Api) -> None:
+    """A JSON body that is not UTF-8 is a 400 problem asking for UTF-8 JSON, not FastAPI's bare message."""
+    async with api.client("acme") as client:
+        response = await client.post(
+            "/api/runs", content=b'{"agent": "\xff"}', headers={"Content-Type": "application/json"}
+        )
+    problem = assert_problem(response, 400)
+    assert problem["title"] == "Bad Request"
+    assert "send JSON encoded as UTF-8" in problem["detail"]
+
+
+async def test_openapi_declares_every_error_as_problem_json(api: Api) -> None:
+    """Each route's 4xx answers are declared as problem+json; keyed routes declare their 401 and 403."""
+    spec = (await api.call(None, "GET", "/openapi.json")).json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status, response in responses.items():
+                if status.startswith("4"):
+                    assert list(response["content"]) == ["application/problem+json"], (method, path, status)
+            if "security" in operation:
+                assert {"401", "403"} <= set(responses), (method, path)
+    assert set(spec["paths"]["/api/runs"]["post"]["responses"]) == {"202", "400", "401", "403", "409", "422"}
+    assert "HTTPValidationError" not in spec["components"].get("schemas", {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from tether.runtime import Runtime
 from tether.runtime.guards import ToolGuards
 from tether.store import store_from_url
 from tether.store.sqlite import SqliteRunStore
-from tether.types import RunStatus
+from tether.types import Run, RunStatus
 
 PRIMARY, BACKUP = "openai:desk-primary", "openai:desk-backup"
 LABELS = {
@@ -71,8 +72,16 @@ def demo_gateway(primary_url: str, backup_url: str) -> Gateway:
     )
 
 
-async def run_demo(db_url: str, runs: int, concurrency: int, *, quiet: bool = False) -> dict[str, Any]:
-    """Run `runs` support requests on the store at `db_url`; print progress and a summary table."""
+async def run_demo(
+    db_url: str,
+    runs: int,
+    concurrency: int,
+    *,
+    quiet: bool = False,
+    serve: Callable[[Runtime], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Run `runs` support requests on the store at `db_url`; print progress and a summary table. With
+    `serve`, hand it the live runtime afterwards (fake providers still up, approvals still waiting)."""
     store = store_from_url(db_url)
     base = Path(store.path).parent if isinstance(store, SqliteRunStore) else Path.cwd()
     orders_db = base / "tether-demo-orders.db"
@@ -121,12 +130,46 @@ async def run_demo(db_url: str, runs: int, concurrency: int, *, quiet: bool = Fa
                     if event.kind == "gate.decision" and run.status == RunStatus.WAITING_HUMAN:
                         transfers += event.data.get("action") == "transfer"
                         confirms += event.data.get("action") == "confirm"
+            stats = (dict(providers.primary.stats), dict(providers.backup.stats))
+            summary = _summary(
+                final,
+                kinds,
+                stats=stats,
+                orders_db=orders_db,
+                run_ids=run_ids,
+                started=started,
+                db_url=db_url,
+            )
+            summary.update(
+                tool_failures_recovered=recovered,
+                breaker_closed=closed,
+                tool_cache_hits=tool_hits,
+                cache_hits=kinds["cache.hit"] - tool_hits,
+                gate_transfers=transfers,
+                gate_confirms=confirms,
+                awaiting_approval=approvals,
+            )
+            _print_summary(console, summary, db_url)
+            if serve is not None:
+                await serve(runtime)
             await gateway.aclose()
-        stats = (providers.primary.stats, providers.backup.stats)
     await store.close()
+    return summary
+
+
+def _summary(
+    final: list[Run],
+    kinds: Counter[str],
+    *,
+    stats: tuple[dict[str, Any], dict[str, Any]],
+    orders_db: Path,
+    run_ids: list[str],
+    started: float,
+    db_url: str,
+) -> dict[str, Any]:
     by_status = Counter(run.status for run in final)
     refunds, duplicates = count_refunds(orders_db, run_ids)
-    summary: dict[str, Any] = {
+    return {
         "runs": len(final),
         "succeeded": by_status[RunStatus.SUCCEEDED],
         "failed": by_status[RunStatus.FAILED],
@@ -137,24 +180,20 @@ async def run_demo(db_url: str, runs: int, concurrency: int, *, quiet: bool = Fa
         "model_retries": kinds["model.retry"],
         "fallbacks": kinds["fallback.used"],
         "breaker_opened": kinds["breaker.opened"],
-        "breaker_closed": closed,
         "primary_requests": stats[0]["requests"],
         "backup_requests": stats[1]["requests"],
-        "cache_hits": kinds["cache.hit"] - tool_hits,
-        "tool_cache_hits": tool_hits,
         "tool_retries": kinds["tool.retry"],
-        "tool_failures_recovered": recovered,
         "budget_warnings": kinds["budget.warning"],
-        "gate_transfers": transfers,
-        "gate_confirms": confirms,
         "guardrail_verdicts": kinds["guardrail.verdict"],
         "dead_lettered": by_status[RunStatus.DEAD_LETTERED],
-        "awaiting_approval": approvals,
         "model_steps": kinds["model.response"],
         "cost_usd": round(sum(r.usage.cost_usd or 0.0 for r in final), 6),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "db": db_url,
     }
+
+
+def _print_summary(console: Console, summary: dict[str, Any], db_url: str) -> None:
     table = Table(title="tether demo — support desk", show_header=False)
     for key, label in LABELS.items():
         table.add_row(label, str(summary[key]))
@@ -162,4 +201,3 @@ async def run_demo(db_url: str, runs: int, concurrency: int, *, quiet: bool = Fa
     console.print(f"Inspect a run: tether runs list --db {db_url}; tether runs events RUN_ID --db {db_url}")
     if summary["awaiting_approval"]:
         console.print(f"The refunds waiting for approval: tether inbox list --db {db_url}")
-    return summary

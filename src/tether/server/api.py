@@ -46,6 +46,7 @@ PROBLEM_JSON = "application/problem+json"
 
 _PROBLEM_BASE = "https://tether.dev/problems/"
 _MAX_LIMIT = 500
+_MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z; larger ints overflow SQLite's INTEGER
 
 _log = logging.getLogger(__name__)
 
@@ -121,6 +122,32 @@ class ProblemError(Exception):
         return JSONResponse(body, status_code=self.status, headers=self.headers, media_type=PROBLEM_JSON)
 
 
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+}
+_PROBLEM_MEANINGS = {
+    400: "The body cannot be read as JSON",
+    401: "Missing or invalid API key",
+    403: "The API key lacks the scope",
+    404: "Nothing with that id is visible to the API key",
+    409: "Conflicts with the current state",
+    422: "Invalid request",
+}
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route's problem+json answers, so clients (and schemathesis) know them."""
+    content = {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}}
+    return {status: {"description": _PROBLEM_MEANINGS[status], "content": content} for status in statuses}
+
+
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <secret>`.")
 
 
@@ -191,7 +218,7 @@ class AuditQuery(_Body):
     principal: str | None = None
     session_id: str | None = None
     decision: str | None = Field(default=None, description="allow, deny, block, sanitise or escalate")
-    since_epoch_ms: int | None = None
+    since_epoch_ms: int | None = Field(default=None, ge=0, le=_MAX_EPOCH_MS)
     limit: int = Field(default=100, ge=1, le=_MAX_LIMIT)
 
 
@@ -262,19 +289,19 @@ def create_api(
 def _add_status_routes(app: FastAPI, access: _Access, metrics: RunMetrics | None) -> None:
     runtime = access.runtime
 
-    @app.get("/api/breakers", tags=["status"])
+    @app.get("/api/breakers", tags=["status"], responses=_problems(401, 403))
     async def list_breakers(key: AdminKey) -> list[JsonDict]:
         """Every circuit breaker this process knows, with its state (closed, open, half_open)."""
         states = await runtime.gateway.breakers.states()
         return [{"target": name, "state": str(state)} for name, state in sorted(states.items())]
 
-    @app.get("/api/agents", tags=["status"])
+    @app.get("/api/agents", tags=["status"], responses=_problems(401, 403))
     async def list_agents(key: ReadKey) -> JsonDict:
         """The agents that may be started here, and every agent version that has run, with its totals."""
         versions = await runtime.store.cost_by("agent_version", tenants=key.tenants, limit=_MAX_LIMIT)
         return {"served": sorted(access.agents), "versions": [row.to_dict() for row in versions]}
 
-    @app.get("/api/cost", tags=["status"])
+    @app.get("/api/cost", tags=["status"], responses=_problems(401, 403, 422))
     async def cost(
         key: ReadKey,
         by: CostGroup = "agent_version",
@@ -287,7 +314,7 @@ def _add_status_routes(app: FastAPI, access: _Access, metrics: RunMetrics | None
         rows = await runtime.store.cost_by(by, since_epoch_ms=since, tenants=key.tenants, limit=limit)
         return [row.to_dict() for row in rows]
 
-    @app.get("/api/budgets", tags=["status"])
+    @app.get("/api/budgets", tags=["status"], responses=_problems(401, 403, 422))
     async def budgets(
         key: ReadKey,
         principal: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
@@ -308,7 +335,12 @@ def _add_status_routes(app: FastAPI, access: _Access, metrics: RunMetrics | None
         }
         return {"tenant": key.tenant, "principal": principal, "session_id": session_id, "levels": levels}
 
-    @app.post("/api/canaries/{agent}", status_code=201, tags=["canaries"])
+    @app.post(
+        "/api/canaries/{agent}",
+        status_code=201,
+        tags=["canaries"],
+        responses=_problems(400, 401, 403, 409, 422),
+    )
     async def start_canary(agent: str, body: StartCanary, key: AdminKey) -> JsonDict:
         """Route a share of the agent's new runs (sticky per principal) to a candidate version."""
         try:
@@ -323,7 +355,9 @@ def _add_status_routes(app: FastAPI, access: _Access, metrics: RunMetrics | None
             raise ProblemError(409, "Conflict", str(exc)) from None
         return canary.to_dict()
 
-    @app.post("/api/canaries/{agent}/{action}", tags=["canaries"])
+    @app.post(
+        "/api/canaries/{agent}/{action}", tags=["canaries"], responses=_problems(400, 401, 403, 409, 422)
+    )
     async def end_canary(
         agent: str, action: Literal["promote", "rollback"], key: AdminKey, body: EndCanary | None = None
     ) -> JsonDict:
@@ -336,7 +370,7 @@ def _add_status_routes(app: FastAPI, access: _Access, metrics: RunMetrics | None
             raise ProblemError(409, "Conflict", str(exc)) from None
         return ended.to_dict()
 
-    @app.get("/api/canaries/{agent}", tags=["canaries"])
+    @app.get("/api/canaries/{agent}", tags=["canaries"], responses=_problems(401, 403, 404, 422))
     async def canary_status(agent: str, key: AdminKey) -> JsonDict:
         """The agent's latest canary compared with its baseline (judging may roll it back)."""
         report = await runtime.canaries.check(agent)
@@ -389,7 +423,7 @@ class _Access:
 def _add_run_routes(app: FastAPI, access: _Access, *, stream_poll_s: float, stream_max_s: float) -> None:
     runtime = access.runtime
 
-    @app.post("/api/runs", status_code=202, tags=["runs"])
+    @app.post("/api/runs", status_code=202, tags=["runs"], responses=_problems(400, 401, 403, 409, 422))
     async def start_run(body: StartRun, key: WriteKey) -> JSONResponse:
         """Enqueue a run of the agent `module:attribute` for a worker; the run is the caller's tenant's."""
         if body.agent not in access.agents:
@@ -421,7 +455,7 @@ def _add_run_routes(app: FastAPI, access: _Access, *, stream_poll_s: float, stre
             raise ProblemError(422, "Unprocessable Agent", str(exc)) from None
         return JSONResponse(run.to_dict(), status_code=202, headers={"Location": f"/api/runs/{run.id}"})
 
-    @app.get("/api/runs", tags=["runs"])
+    @app.get("/api/runs", tags=["runs"], responses=_problems(401, 403, 422))
     async def list_runs(key: ReadKey, query: Annotated[RunsQuery, Query()]) -> list[JsonDict]:
         """The caller's tenant's runs, newest first, filtered by status, agent, session and principal."""
         runs = await runtime.store.list_runs(
@@ -434,12 +468,12 @@ def _add_run_routes(app: FastAPI, access: _Access, *, stream_poll_s: float, stre
         )
         return [run.to_dict() for run in runs]
 
-    @app.get("/api/runs/{run_id}", tags=["runs"])
+    @app.get("/api/runs/{run_id}", tags=["runs"], responses=_problems(401, 403, 404, 422))
     async def get_run(run_id: str, key: ReadKey) -> JsonDict:
         """The run: status, output or error, usage."""
         return (await access.run(key, run_id)).to_dict()
 
-    @app.get("/api/runs/{run_id}/events", tags=["runs"])
+    @app.get("/api/runs/{run_id}/events", tags=["runs"], responses=_problems(401, 403, 404, 422))
     async def list_events(run_id: str, key: ReadKey) -> list[JsonDict]:
         """Every event of the run so far, in order."""
         await access.run(key, run_id)
@@ -449,7 +483,7 @@ def _add_run_routes(app: FastAPI, access: _Access, *, stream_poll_s: float, stre
         "/api/runs/{run_id}/events/stream",
         tags=["runs"],
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}}},
+        responses={200: {"content": {"text/event-stream": {}}}, **_problems(401, 403, 404, 422)},
     )
     async def stream_events(run_id: str, key: ReadKey, request: Request) -> StreamingResponse:
         """Server-sent events, one `data:` line per run event, until the run ends or waits for a person."""
@@ -460,7 +494,7 @@ def _add_run_routes(app: FastAPI, access: _Access, *, stream_poll_s: float, stre
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
-    @app.post("/api/runs/{run_id}/cancel", tags=["runs"])
+    @app.post("/api/runs/{run_id}/cancel", tags=["runs"], responses=_problems(400, 401, 403, 404, 422))
     async def cancel_run(run_id: str, key: WriteKey, body: CancelRun | None = None) -> JsonDict:
         """Cancel a run that has not ended (its writes are compensated first); an ended run is unchanged."""
         await access.run(key, run_id)
@@ -471,7 +505,7 @@ def _add_run_routes(app: FastAPI, access: _Access, *, stream_poll_s: float, stre
 def _add_inbox_routes(app: FastAPI, access: _Access) -> None:
     runtime = access.runtime
 
-    @app.get("/api/inbox", tags=["inbox"])
+    @app.get("/api/inbox", tags=["inbox"], responses=_problems(401, 403, 422))
     async def list_inbox(
         key: InboxReadKey,
         status: Literal["open", "answered", "cancelled", "all"] = "open",
@@ -481,12 +515,16 @@ def _add_inbox_routes(app: FastAPI, access: _Access) -> None:
         wanted = None if status == "all" else status
         return [q.to_dict() for q in await runtime.inbox(status=wanted, tenants=key.tenants, limit=limit)]
 
-    @app.get("/api/inbox/{escalation_id}", tags=["inbox"])
+    @app.get("/api/inbox/{escalation_id}", tags=["inbox"], responses=_problems(401, 403, 404, 422))
     async def get_question(escalation_id: str, key: InboxReadKey) -> JsonDict:
         """One question, with its answer once given."""
         return (await access.question(key, escalation_id)).to_dict()
 
-    @app.post("/api/inbox/{escalation_id}/answer", tags=["inbox"])
+    @app.post(
+        "/api/inbox/{escalation_id}/answer",
+        tags=["inbox"],
+        responses=_problems(400, 401, 403, 404, 409, 422),
+    )
     async def answer_question(escalation_id: str, body: Answer, key: AnswerKey) -> JsonDict:
         """Answer a question; its run is queued and resumes on a worker. Only the first answer applies."""
         question = await access.question(key, escalation_id)
@@ -506,12 +544,12 @@ def _add_inbox_routes(app: FastAPI, access: _Access) -> None:
 def _add_admin_routes(app: FastAPI, access: _Access) -> None:
     runtime = access.runtime
 
-    @app.get("/api/dead-letters", tags=["dead letters"])
+    @app.get("/api/dead-letters", tags=["dead letters"], responses=_problems(401, 403, 422))
     async def list_dead_letters(key: AdminKey, limit: Limit = 100) -> list[JsonDict]:
         """Runs parked after too many failed attempts, newest first."""
         return [run.to_dict() for run in await runtime.dead_letters(tenants=key.tenants, limit=limit)]
 
-    @app.get("/api/dead-letters/{run_id}", tags=["dead letters"])
+    @app.get("/api/dead-letters/{run_id}", tags=["dead letters"], responses=_problems(401, 403, 404, 422))
     async def get_dead_letter(run_id: str, key: AdminKey) -> JsonDict:
         """A dead-lettered run laid out for triage: attempts, decisions, unfinished calls."""
         run = await access.run(key, run_id)
@@ -519,7 +557,12 @@ def _add_admin_routes(app: FastAPI, access: _Access) -> None:
             raise ProblemError(404, "Not Found", f"run {run_id!r} is {run.status}, not dead-lettered")
         return (await runtime.dead_letter(run_id)).to_dict()
 
-    @app.post("/api/dead-letters/{run_id}/replay", status_code=202, tags=["dead letters"])
+    @app.post(
+        "/api/dead-letters/{run_id}/replay",
+        status_code=202,
+        tags=["dead letters"],
+        responses=_problems(401, 403, 404, 409, 422),
+    )
     async def replay_dead_letter(run_id: str, key: AdminKey) -> JsonDict:
         """Queue a dead-lettered run again with fresh attempts; it resumes from its last recorded step."""
         await access.run(key, run_id)
@@ -529,7 +572,7 @@ def _add_admin_routes(app: FastAPI, access: _Access) -> None:
             raise ProblemError(409, "Conflict", detail)
         return run.to_dict()
 
-    @app.get("/api/audit", tags=["audit"])
+    @app.get("/api/audit", tags=["audit"], responses=_problems(401, 403, 404, 422))
     async def list_audit(key: AdminKey, query: Annotated[AuditQuery, Query()]) -> list[JsonDict]:
         """Permission and guardrail decisions, newest first."""
         if query.run_id is not None:
@@ -582,9 +625,14 @@ async def _validation_handler(request: Request, exc: Exception) -> Response:
 async def _http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = f"{request.method} {request.url.path}: {exc.detail}"
+    title = str(exc.detail) if isinstance(exc.detail, str) and len(exc.detail) < 60 else "Error"
     if exc.status_code == 404:
         detail += "; the routes are listed at GET /openapi.json"
-    title = str(exc.detail) if isinstance(exc.detail, str) and len(exc.detail) < 60 else "Error"
+    elif exc.status_code == 400:  # FastAPI's only 400 here: a JSON body it cannot decode
+        title = "Bad Request"
+        detail = (
+            f"{request.method} {request.url.path}: the body is not valid UTF-8; send JSON encoded as UTF-8"
+        )
     return ProblemError(exc.status_code, title, detail, headers=exc.headers).response()
 
 
