@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,semantic]'
+.venv/bin/python -m pip install --quiet -e '.[dev,semantic,postgres]'
 
 echo "== ruff"
 .venv/bin/ruff check src tests bench
