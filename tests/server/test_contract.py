@@ -35,6 +35,7 @@ DESK = "api_agents:desk"
 BODY_VALUES = {"agent": [ECHO, DESK], "choice": ["approve", "deny"]}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Derandomized so every run sends the same requests: a failure here is a regression, never bad luck.
+# Health checks off: schemathesis' strategies are big and filter a lot, which is expected of them.
 FUZZ = settings(
     max_examples=30,
     derandomize=True,
@@ -160,11 +161,14 @@ def _fuzz(
     modes: list[GenerationMode],
     subtests: pytest.Subtests,
 ) -> None:
-    """Every operation, in each mode, as one subtest; negative cases also drop or garble the key."""
+    """Every operation, in each mode, as one subtest; negative cases also drop or garble the key.
+
+    Our own `@given` over `operation.as_strategy` rather than `schemathesis.pytest.from_fixture`, which
+    fails on pytest 9.2 (it sets `request.node._nodeid`); this runs schemathesis' fuzzing phase only."""
     headers = {"Authorization": f"Bearer {served.secrets[role]}"}
     operations = [result.ok() for result in _schema(served, http).get_all_operations()]
     # Cancelling last: it ends the waiting and dead-lettered runs the answer and replay routes need.
-    for operation in sorted(operations, key=lambda operation: operation.path.endswith("/cancel")):
+    for operation in sorted(operations, key=lambda op: op.path.endswith("/cancel")):
         takes_input = any(
             key in operation.definition.raw for key in ("parameters", "requestBody", "security")
         )
