@@ -67,6 +67,22 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A reachable PostgreSQL URL: TETHER_TEST_POSTGRES_URL or the local default. Missing PostgreSQL
+    fails in CI. Tests isolate themselves in a schema of their own (`?schema=` or `schema=`)."""
+    import psycopg
+
+    url = os.environ.get("TETHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {url} is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL at {url} is not reachable: {exc}")
+    return url
+
+
 @pytest.fixture
 def redis_prefix(request: pytest.FixtureRequest) -> str:
     """A key prefix unique to this test, so tests (and xdist workers) never share Redis keys."""

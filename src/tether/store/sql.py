@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from tether.store.base import AuditEntry, Canary, Escalation, Operation
+from tether.errors import ConfigurationError
+from tether.store.base import AuditEntry, Canary, CostRow, Escalation, Operation
 from tether.types import EventKind, JsonDict, Run, RunStatus, Usage
 
 SCHEMA_VERSION = 6
@@ -41,7 +43,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     6: (
         """
         CREATE TABLE IF NOT EXISTS audit (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id {serial_key},
             at_epoch_ms BIGINT NOT NULL,
             kind TEXT NOT NULL,
             decision TEXT NOT NULL,
@@ -59,13 +61,65 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS audit_run ON audit (run_id, id)",
         "CREATE INDEX IF NOT EXISTS audit_principal ON audit (principal, id)",
         "CREATE INDEX IF NOT EXISTS audit_session ON audit (session_id, at_epoch_ms)",
-        # Append-only, enforced by the database: no process of ours or anyone's rewrites history.
-        "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
-        "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-        "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
-        "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+        # then each dialect's append-only guards (`Dialect.own_migrations`)
     ),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the SQL databases in the schema; everything else is written once above."""
+
+    name: str
+    float_type: str  # 8 bytes: SQLite's REAL is, PostgreSQL's REAL is 4 (money needs 8)
+    serial_key: str  # an integer primary key the database numbers in insertion order
+    # Statements of this dialect alone, run after the shared ones of their version.
+    own_migrations: Mapping[int, tuple[str, ...]]
+
+    def schema(self) -> list[str]:
+        """The CREATE statements of BASE_VERSION."""
+        return schema_statements(self.float_type)
+
+    def migration(self, version: int) -> list[str]:
+        """The statements that take a database of `version - 1` to `version`."""
+        shared = [self._format(statement) for statement in MIGRATIONS[version]]
+        return shared + list(self.own_migrations.get(version, ()))
+
+    def _format(self, statement: str) -> str:
+        return statement.format(float=self.float_type, serial_key=self.serial_key)
+
+
+# The audit log is append-only, enforced by the database: no process of ours or anyone's rewrites history.
+APPEND_ONLY = "the audit log is append-only"
+SQLITE = Dialect(
+    name="sqlite",
+    float_type="REAL",
+    serial_key="INTEGER PRIMARY KEY AUTOINCREMENT",
+    own_migrations={
+        6: (
+            "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+            f"BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END",
+            "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+            f"BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END",
+        )
+    },
+)
+POSTGRES = Dialect(
+    name="postgresql",
+    float_type="DOUBLE PRECISION",
+    serial_key="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    own_migrations={
+        6: (
+            "CREATE OR REPLACE FUNCTION tether_audit_append_only() RETURNS trigger LANGUAGE plpgsql "
+            f"AS $$ BEGIN RAISE EXCEPTION '{APPEND_ONLY}'; END $$",
+            "CREATE TRIGGER audit_no_update BEFORE UPDATE OR DELETE ON audit "
+            "FOR EACH ROW EXECUTE FUNCTION tether_audit_append_only()",
+            # TRUNCATE skips row triggers, and it rewrites history too.
+            "CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit "
+            "FOR EACH STATEMENT EXECUTE FUNCTION tether_audit_append_only()",
+        )
+    },
+)
 AUDIT_COLUMNS = (
     "id, at_epoch_ms, kind, decision, run_id, agent, principal, tenant, session_id, tool, grant_name, "
     "reason, detail"
@@ -75,7 +129,7 @@ CANARY_COLUMNS = (
     "started_at_epoch_ms, ended_at_epoch_ms, reason"
 )
 
-# `{float}` differs per dialect: SQLite's REAL is 8 bytes, PostgreSQL's is 4 (money needs 8).
+# `{float}` and `{serial_key}` differ per dialect (`Dialect`).
 SCHEMA_V1 = (
     """
     CREATE TABLE IF NOT EXISTS tether_schema (
@@ -170,6 +224,7 @@ UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 
 def schema_statements(float_type: str) -> list[str]:
+    """The CREATE statements of BASE_VERSION with `{float}` as given (`Dialect.schema` for a store)."""
     return [statement.format(float=float_type) for statement in SCHEMA_V1]
 
 
@@ -342,4 +397,36 @@ def audit_from_row(row: Sequence[Any]) -> AuditEntry:
         grant=row[10],
         reason=row[11],
         detail=json.loads(row[12]),
+    )
+
+
+_COST_GROUPS: dict[str, tuple[str, ...]] = {
+    "agent_version": ("agent_name", "agent_version"),
+    "principal": ("principal",),
+    "tenant": ("tenant",),
+}
+
+
+def cost_group_columns(group: str) -> tuple[str, ...]:
+    """The columns a cost summary groups by; an unknown group names the ones offered."""
+    columns = _COST_GROUPS.get(group)
+    if columns is None:
+        raise ConfigurationError(f"cost is grouped by {', '.join(_COST_GROUPS)}, not {group!r}")
+    return columns
+
+
+def cost_row_from(columns: Sequence[str], row: Sequence[Any]) -> CostRow:
+    """A row of (*columns, runs, succeeded, cost, tokens, last created) as a CostRow."""
+    keys = dict(zip(columns, row[: len(columns)], strict=True))
+    runs, succeeded, cost, tokens, last = row[len(columns) :]
+    return CostRow(
+        agent=keys.get("agent_name"),
+        version=keys.get("agent_version"),
+        principal=keys.get("principal"),
+        tenant=keys.get("tenant"),
+        runs=runs,
+        succeeded=succeeded,
+        cost_usd=float(cost),
+        tokens=int(tokens or 0),
+        last_run_epoch_ms=int(last),
     )

@@ -37,20 +37,21 @@ from tether.store.sql import (
     BASE_VERSION,
     CANARY_COLUMNS,
     ESCALATION_COLUMNS,
-    MIGRATIONS,
     OPERATION_COLUMNS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
+    SQLITE,
     UNFINISHED,
     audit_from_row,
     canary_from_row,
+    cost_group_columns,
+    cost_row_from,
     dead_letter_verdict,
     dumps,
     escalation_from_row,
     failed_attempts,
     operation_from_row,
     run_from_row,
-    schema_statements,
 )
 from tether.types import EventKind, JsonDict, Run, RunEvent, RunStatus, Usage
 
@@ -124,16 +125,16 @@ class SqliteRunStore:
 
     def _migrate(self) -> None:
         with self._write():
-            for statement in schema_statements("REAL"):
+            for statement in SQLITE.schema():
                 self._db.execute(statement)
             row = self._db.execute("SELECT max(version) FROM tether_schema").fetchone()
             if row[0] is None:
                 self._db.execute("INSERT INTO tether_schema (version) VALUES (?)", (BASE_VERSION,))
             current = BASE_VERSION if row[0] is None else max(row[0], BASE_VERSION)
             if current < SCHEMA_VERSION:
-                for version in sorted(v for v in MIGRATIONS if v > current):
-                    for statement in MIGRATIONS[version]:
-                        self._db.execute(statement.format(float="REAL"))
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in SQLITE.migration(version):
+                        self._db.execute(statement)
                 self._db.execute("UPDATE tether_schema SET version = ?", (SCHEMA_VERSION,))
             elif current > SCHEMA_VERSION:
                 raise ConfigurationError(
@@ -259,9 +260,7 @@ class SqliteRunStore:
         tenants: Collection[str | None] | None = None,
         limit: int = 100,
     ) -> list[CostRow]:
-        columns = _COST_GROUPS.get(group)
-        if columns is None:
-            raise ConfigurationError(f"cost is grouped by {', '.join(_COST_GROUPS)}, not {group!r}")
+        columns = cost_group_columns(group)
         args: list[object] = [since_epoch_ms]
         where = "shadow_of IS NULL AND created_at_epoch_ms >= ?"
         if tenants is not None:
@@ -273,24 +272,7 @@ class SqliteRunStore:
             f"ORDER BY {len(columns) + 3} DESC, {len(columns) + 1} DESC LIMIT ?",
             (*args, limit),
         ).fetchall()
-        result = []
-        for row in rows:
-            keys = dict(zip(columns, row[: len(columns)], strict=True))
-            runs, succeeded, cost, tokens, last = row[len(columns) :]
-            result.append(
-                CostRow(
-                    agent=keys.get("agent_name"),
-                    version=keys.get("agent_version"),
-                    principal=keys.get("principal"),
-                    tenant=keys.get("tenant"),
-                    runs=runs,
-                    succeeded=succeeded,
-                    cost_usd=float(cost),
-                    tokens=int(tokens or 0),
-                    last_run_epoch_ms=int(last),
-                )
-            )
-        return result
+        return [cost_row_from(columns, row) for row in rows]
 
     async def claim_run(
         self, owner: str, lease_s: float, *, run_id: str | None = None, max_attempts: int | None = None
@@ -837,13 +819,6 @@ class SqliteRunStore:
             "INSERT INTO run_events (run_id, seq, kind, created_at_epoch_ms, data) VALUES (?, ?, ?, ?, ?)",
             (run_id, next_seq, kind, now, dumps(data)),
         )
-
-
-_COST_GROUPS: dict[str, tuple[str, ...]] = {
-    "agent_version": ("agent_name", "agent_version"),
-    "principal": ("principal",),
-    "tenant": ("tenant",),
-}
 
 
 def _tenant_clause(tenants: Collection[str | None], args: list[object]) -> str:
