@@ -107,3 +107,49 @@ async def test_workers_on_two_hosts_drain_one_queue(postgres_url: str, pg_schema
     finally:
         for store in hosts:
             await store.close()
+
+
+async def reaches(runtime: Runtime, run_id: str, status: RunStatus) -> None:
+    for _ in range(1000):  # 20 s at most
+        if (await runtime.store.get_run(run_id)).status is status:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"run {run_id} never reached {status}")
+
+
+class CountingClaims(PostgresRunStore):
+    """Counts claim attempts: how often an idle worker looked for work."""
+
+    claims = 0
+
+    async def claim_run(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        type(self).claims += 1
+        return await super().claim_run(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_an_idle_worker_sleeps_until_a_run_is_announced(postgres_url: str, pg_schema: str) -> None:
+    """On PostgreSQL an idle worker does not poll every 50 ms: it waits for NOTIFY (or 1 s), and an
+    answer given on another host wakes it to finish the run."""
+    desk = Desk(150)
+    CountingClaims.claims = 0
+    worker_store = CountingClaims(postgres_url, schema=pg_schema)
+    other = PostgresRunStore(postgres_url, schema=pg_schema)
+    try:
+        async with Runtime(worker_store, agents=[desk.agent]) as runtime, Runtime(other) as api:
+            stop = asyncio.Event()
+            working = asyncio.create_task(Worker(runtime, poll_s=0.05, worker_id="host-a").run(stop=stop))
+            run = await api.start(desk.agent, "refund order A-1")
+            await reaches(api, run.id, RunStatus.WAITING_HUMAN)
+            CountingClaims.claims = 0
+            await asyncio.sleep(2.0)
+            idle_claims = CountingClaims.claims
+            [question] = await api.inbox()
+            await api.answer(question.id, "approve", by="ana")
+            await reaches(api, run.id, RunStatus.SUCCEEDED)
+            stop.set()
+            await working
+    finally:
+        await worker_store.close()
+        await other.close()
+    assert idle_claims <= 6  # about one look a second; polling at 50 ms would be about 40
+    assert desk.refunds == [150]

@@ -565,6 +565,9 @@ class WorkerStats:
     handed_back: int = 0  # in-flight runs interrupted at shutdown (after drain_s) and released
 
 
+IDLE_WAIT_S = 1.0  # longest an idle worker on a notifying store sleeps before looking for work itself
+
+
 class Worker:
     """Claims queued runs and runs whose lease expired, up to `concurrency` at a time; a run whose last
     `max_attempts` (default: the runtime's) attempts failed in a row is dead-lettered by the claim."""
@@ -596,6 +599,7 @@ class Worker:
         self.worker_id = worker_id or runtime.worker_id
         self.drain_s = drain_s
         self.stats = WorkerStats()
+        self._listening: asyncio.Future[bool] | None = None
 
     async def run(self, *, exit_when_idle: bool = False, stop: asyncio.Event | None = None) -> WorkerStats:
         """Work until `stop` is set, or until no queued or running run is left (`exit_when_idle`)."""
@@ -626,6 +630,8 @@ class Worker:
             # Graceful stop: in-flight runs finish (within drain_s) or are handed back; a killed
             # worker's runs are reclaimed when their leases expire.
             await self._drain(active, owner)
+            if self._listening is not None:
+                await asyncio.gather(self._listening, return_exceptions=True)
         return self.stats
 
     async def _drain(self, active: dict[asyncio.Task[Run], str], owner: str) -> None:
@@ -652,7 +658,22 @@ class Worker:
         return callback
 
     async def _pause(self, active: dict[asyncio.Task[Run], str], stop: asyncio.Event) -> None:
-        """Sleep until the poll interval passes, a run finishes or a stop is asked for."""
+        """Sleep until the poll interval passes, a run finishes or a stop is asked for. On a store that
+        announces claimable runs (PostgreSQL's LISTEN/NOTIFY), an idle worker sleeps until told, or
+        `IDLE_WAIT_S` at most (expired leases and question expiries announce nothing)."""
+        wake = getattr(self.runtime.store, "wait_for_work", None)
+        if wake is not None and len(active) < self.concurrency:
+            if self._listening is not None and self._listening.done() and self._listening.exception():
+                logger.warning("waiting for work failed (polling instead): %s", self._listening.exception())
+            if self._listening is None or self._listening.done():
+                # Never cancelled: it ends by itself within IDLE_WAIT_S, and is awaited at the end.
+                self._listening = asyncio.ensure_future(wake(IDLE_WAIT_S))
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait(
+                {stopping, self._listening, *active}, timeout=IDLE_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopping.cancel()
+            return
         waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(stop.wait())}
         if active and len(active) >= self.concurrency:
             waiters |= set(active)  # type: ignore[arg-type]
