@@ -10,10 +10,13 @@ The default `Runtime` on SQLite writes the budget in the transaction that append
 (`reserve_joined`/`settle_joined`, one commit instead of two): that contender is measured as event
 appends with the budget joined, against the same appends without it.
 
-    .venv/bin/python bench/budget.py [--rounds N] [--block-runs N] [--redis-url URL] [--json]
+    .venv/bin/python bench/budget.py [--rounds N] [--block-runs N] [--redis-url URL]
+        [--postgres-url URL] [--json]
 
 The Redis contender is skipped, with a note, when Redis does not answer; its keys live under a random
-`tether-bench:` prefix and are deleted at the end.
+`tether-bench:` prefix and are deleted at the end. The PostgreSQL contender runs when `--postgres-url`
+(default: $TETHER_TEST_POSTGRES_URL) is given and answers; its tables live in a random `tether_bench_`
+schema, dropped at the end.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether.policy.budget_postgres import PostgresBudgetBackend
 from tether.policy.budget_stores import InMemoryBudgetBackend, RedisBudgetBackend, SqliteBudgetBackend
 from tether.policy.limits import Budget, BudgetPolicy, Crossing, Reservation, Scope
 from tether.store import SqliteRunStore
@@ -175,7 +179,9 @@ class EventAppender:
 
 
 @contextlib.asynccontextmanager
-async def open_contenders(workdir: Path, redis_url: str) -> AsyncIterator[list[Contender]]:
+async def open_contenders(
+    workdir: Path, redis_url: str, postgres_url: str | None
+) -> AsyncIterator[list[Contender]]:
     policy = BudgetPolicy()
     async with contextlib.AsyncExitStack() as stack:
         contenders: list[Contender] = []
@@ -247,7 +253,35 @@ async def open_contenders(workdir: Path, redis_url: str) -> AsyncIterator[list[C
                 stack.push_async_callback(delete_keys, client, prefix)
                 redis_contender.budget = Budget(policy, RedisBudgetBackend(client, prefix=prefix))
                 redis_contender.call = reserving(redis_contender, redis_contender.budget)
+
+        postgres_contender = Contender(
+            "postgres", "PostgresBudgetBackend (row locks, pipelined: two round trips per step)"
+        )
+        contenders.append(postgres_contender)
+        if postgres_url is None:
+            postgres_contender.skipped = "no --postgres-url (nor TETHER_TEST_POSTGRES_URL)"
+        else:
+            schema = f"tether_bench_{secrets.token_hex(4)}"
+            postgres = PostgresBudgetBackend(postgres_url, schema=schema, connect_timeout_s=2)
+            try:
+                await postgres.usage("probe")  # connects and creates the tables
+            except Exception as exc:
+                await postgres.close()
+                postgres_contender.skipped = f"PostgreSQL unusable ({type(exc).__name__}: {exc})"
+            else:
+                stack.push_async_callback(drop_schema, postgres_url, schema)
+                stack.push_async_callback(postgres.close)
+                postgres_contender.what = f"PostgresBudgetBackend on {postgres.where}, schema {schema}"
+                postgres_contender.budget = Budget(policy, postgres)
+                postgres_contender.call = reserving(postgres_contender, postgres_contender.budget)
         yield contenders
+
+
+async def drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+        await db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 async def delete_keys(client: Any, prefix: str) -> None:
@@ -310,7 +344,7 @@ async def verify(contender: Contender) -> str | None:
 
 
 async def measure(workdir: Path, args: argparse.Namespace) -> tuple[list[Contender], dict[str, str | None]]:
-    async with open_contenders(workdir, args.redis_url) as contenders:
+    async with open_contenders(workdir, args.redis_url, args.postgres_url) as contenders:
         active = [c for c in contenders if c.skipped is None]
         for _ in range(args.warmup):  # pages cached, Lua scripts loaded, code hot
             for contender in active:
@@ -343,6 +377,7 @@ DIFFERENCES = (
     ("sqlite-shared", "none"),
     ("events+joined", "events"),
     ("redis", "none"),
+    ("postgres", "none"),
 )
 
 
@@ -384,7 +419,7 @@ def summarise(contenders: list[Contender], args: argparse.Namespace) -> dict[str
         "command": shlex.join(sys.orig_argv),
         "python": f"{platform.python_version()} ({platform.python_implementation()})",
         "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-        "versions": {p: version(p) for p in ("tether", "redis")},
+        "versions": {p: version(p) for p in ("tether", "redis", "psycopg")},
         "sqlite": sqlite3.sqlite_version,
         "rounds": args.rounds,
         "runs_per_block": args.block_runs,
@@ -429,7 +464,8 @@ def print_table(summary: dict[str, Any]) -> None:
         print(f"{name:<15}skipped: {reason}")
     print(
         "(wall: percentiles over all timed calls, '> 5 ms' the share of calls slower than that; CPU: this "
-        "process, median over rounds of block CPU / calls; Redis's own CPU is not counted)"
+        "process, median over rounds of block CPU / calls; the servers' CPU (Redis, PostgreSQL) is not "
+        "counted)"
     )
     print()
     print("the budget's cost per call (difference of p50s, of p99s, of CPU medians):")
@@ -456,6 +492,12 @@ def main() -> int:
         "--redis-url",
         default="redis://127.0.0.1:6379/0",
         help="Redis for RedisBudgetBackend (keys cleaned up)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("TETHER_TEST_POSTGRES_URL"),
+        help="PostgreSQL for PostgresBudgetBackend (default $TETHER_TEST_POSTGRES_URL; in a random schema, "
+        "dropped at the end)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tether.policy.budget_postgres import PostgresBudgetBackend
 from tether.policy.budget_stores import (
     BudgetBackend,
     InMemoryBudgetBackend,
@@ -30,6 +31,7 @@ __all__ = [
     "Crossing",
     "InMemoryBudgetBackend",
     "Limits",
+    "PostgresBudgetBackend",
     "RedisBudgetBackend",
     "Reservation",
     "Scope",

@@ -1,4 +1,5 @@
-"""Where budget counters live: atomic reserve, settle and release, in memory, in SQLite or in Redis.
+"""Where budget counters live: atomic reserve, settle and release, in memory, in SQLite or in Redis
+(PostgreSQL: `budget_postgres`).
 
 Amounts are integers (millionths of a token, dollar, call …; `limits.UNITS_PER_ONE`), so every store
 computes exactly the same sums, and no limit is passed, nor two stores disagree, by a rounding error.
