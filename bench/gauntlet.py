@@ -64,6 +64,11 @@ REJECT_RATE = 0.15  # answers the gate asked the user to confirm, and the user r
 # the two busiest customers (a third and a sixth of the traffic) reach it and the quiet ones do not.
 COST_PER_RUN_USD = 0.00015
 LIMIT_SHARE = 1.2
+# Budgets reserve the most a call can cost before it runs (the backup's price, ~500 prompt tokens and
+# the desk's 200-token answer cap), so a limit must hold a few such calls at once or every run of a
+# busy customer is refused up front: the limit is never below MIN_LIMIT_CALLS of them.
+WORST_CALL_USD = 0.0033
+MIN_LIMIT_CALLS = 3
 
 
 @dataclass
@@ -85,7 +90,8 @@ class Options:
     def limit_usd(self) -> float:
         if self.cost_limit_usd is not None:
             return self.cost_limit_usd
-        return round(LIMIT_SHARE * COST_PER_RUN_USD * self.runs / self.principals, 6)
+        share = LIMIT_SHARE * COST_PER_RUN_USD * self.runs / self.principals
+        return round(max(share, MIN_LIMIT_CALLS * WORST_CALL_USD), 6)
 
 
 class LoggedFakeLLMServer(FakeLLMServer):

@@ -16,6 +16,7 @@ from tether.types import ModelRequest, ModelResponse
 
 DEFAULT_MAX_STEPS = 10
 DEFAULT_MAX_WALL_CLOCK_S = 30.0  # DESIGN.md: interactive runs; counts working time, not human waits
+DEFAULT_MAX_OUTPUT_TOKENS = 1024  # per model answer; what a budget reserves for it
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Agent:
     `recovery_model` is set, that model takes over once; then a person.
     `max_wall_clock_s` bounds the time the run spends working (model and tool calls, across workers
     and resumes; time waiting for a person does not count); None lifts it.
+    `max_output_tokens` caps each model answer; budgets reserve that much answer (at the dearest model
+    of the route) before each call, so no answer can cost more than was reserved for it.
     """
 
     name: str
@@ -40,6 +43,7 @@ class Agent:
     max_steps: int = DEFAULT_MAX_STEPS
     max_invalid_tool_turns: int = 3
     max_wall_clock_s: float | None = DEFAULT_MAX_WALL_CLOCK_S
+    max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
     budget: BudgetPolicy | None = None  # None: the runtime's policy (DESIGN.md defaults)
     recovery_model: str | Model | None = None  # the alternative path tried once before a person
     gate: ConfidenceGate | None = None  # confidence thresholds; None: act on every answer
@@ -60,6 +64,8 @@ class Agent:
             raise ConfigurationError(f"agent {self.name!r}: max_steps must be >= 1, not {self.max_steps}")
         if self.max_wall_clock_s is not None and not self.max_wall_clock_s > 0:
             raise ConfigurationError(f"agent {self.name!r}: max_wall_clock_s must be > 0 or None")
+        if self.max_output_tokens < 1:
+            raise ConfigurationError(f"agent {self.name!r}: max_output_tokens must be >= 1")
         if self.max_invalid_tool_turns < 1:
             raise ConfigurationError(f"agent {self.name!r}: max_invalid_tool_turns must be >= 1")
         by_name: dict[str, Tool] = {}

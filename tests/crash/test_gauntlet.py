@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.crash, pytest.mark.timeout(120)]
 # 5 to 11 s per store on 2 cores: 120 runs, 2 workers x 4, answers that take 0.1 s so that runs last
 # long enough to be killed, a kill every 1.2 s or so (4 to 9 kills, each but the last few on a worker
 # holding leases). The operator denies the first refund it is asked about and 30% of the others, so the
-# denial check always has one; the $0.002 daily limit stops five to seven of the ten customers, so the
-# budget check always has some.
+# denial check always has one; the $0.008 daily limit (each model call reserves its worst case, about
+# $0.003 on the dear backup) stops several of the ten customers, so the budget check always has some.
 SMALL = gauntlet.Options(
     runs=120,
     workers=2,
@@ -37,7 +37,7 @@ SMALL = gauntlet.Options(
     kill_every_s=1.2,
     lease_s=1.5,
     timeout_s=80.0,
-    cost_limit_usd=0.002,
+    cost_limit_usd=0.008,
     deny_rate=0.3,
     latency_s=0.1,
 )
@@ -66,17 +66,15 @@ def with_schema(url: str, schema: str) -> str:
 @contextlib.contextmanager
 def fresh_postgres_schema() -> Iterator[str]:
     """A store URL on a schema of its own, dropped afterwards; skips without PostgreSQL or its store."""
-    url = os.environ.get("TETHER_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("TETHER_TEST_POSTGRES_URL is not set")
-    try:
-        import psycopg
-        from psycopg import sql
-    except ImportError as exc:
-        pytest.skip(f"psycopg is not installed: {exc}")
+    url = os.environ.get("TETHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    import psycopg
+    from psycopg import sql
+
     try:
         psycopg.connect(url, connect_timeout=2).close()
     except Exception as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {url} is required in CI: {exc}")
         pytest.skip(f"PostgreSQL at {url} is not reachable: {exc}")
     schema = f"tether_gauntlet_{secrets.token_hex(6)}"
     try:
@@ -133,12 +131,6 @@ def test_the_busiest_customers_reach_the_daily_limit(report: dict[str, Any]) -> 
     assert report["customers_at_limit"] >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known defect in src: a run's first model call reserves no cost and later ones only the "
-    "previous turn's, so settlements (up to the 17x dearer backup's price) pass the principal-day limit",
-)
 def test_no_customer_spends_past_the_daily_limit(report: dict[str, Any]) -> None:
     """Concurrent runs of one customer, on any worker, never spend past the customer's daily limit."""
     if not report["budget_shared"]:

@@ -114,6 +114,7 @@ def build_support_agent(orders_db: Path, model: str | Model | None = None) -> Ag
         model=model or FunctionModel(support_brain, name="scripted:support-desk"),
         tools=tools,
         max_steps=8,
+        max_output_tokens=200,  # its answers are a few sentences; budgets reserve this much per call
         # The confidence gate: "let me talk to a human" goes to a person at once; an answer the
         # verifier doubts (an order it could not find) is confirmed with the user first.
         gate=ConfidenceGate(),

@@ -161,6 +161,17 @@ class Gateway:
             await model.aclose()
         self._models.clear()
 
+    def max_cost_usd(
+        self, route_name: str, request: ModelRequest, input_tokens: int, output_tokens: int
+    ) -> float | None:
+        """The most one call can cost on the route the request takes (routing rules applied): the
+        dearest model of its chain at these token counts; None if a model's price is unknown."""
+        route = self._select_route(route_name, request, [])
+        usage = Usage(input_tokens, output_tokens)
+        costs = [self.prices.cost_usd(spec, usage) for spec in route.models]
+        known = [cost for cost in costs if cost is not None]
+        return max(known) if known and len(known) == len(costs) else None
+
     async def complete(self, route_name: str, request: ModelRequest) -> ModelResponse:
         """Answer one turn through `route_name`'s chain; raises AllModelsFailedError with its events."""
         events: list[Event] = []
@@ -360,6 +371,10 @@ class GatewayModel:
 
     async def aclose(self) -> None:
         return None  # the gateway owns the connections
+
+    def max_cost_usd(self, request: ModelRequest, input_tokens: int, output_tokens: int) -> float | None:
+        """The most one call of `request` can cost: the dearest model its route may use."""
+        return self._gateway.max_cost_usd(self._route, request, input_tokens, output_tokens)
 
 
 def _attach(error: BaseException, events: list[Event]) -> None:

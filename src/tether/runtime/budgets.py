@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from tether.errors import BudgetExceededError
-from tether.models.base import estimate_tokens
+from tether.models.base import Model, estimate_tokens
 from tether.policy.limits import Budget, Crossing, Reservation, Scope
 from tether.runtime.steps import LoopSteps
 from tether.store.base import EventDraft, OperationWrite
@@ -23,6 +23,7 @@ class BudgetSteps(LoopSteps):
     """Mixed into RunLoop (see LoopSteps for what it provides)."""
 
     budget: Budget | None
+    model: Model
     budget_joined: bool  # the budget's counters live in the run store's connection
 
     def _scope(self) -> Scope:
@@ -36,15 +37,21 @@ class BudgetSteps(LoopSteps):
         )
 
     def _model_call_amounts(self, request: ModelRequest) -> dict[str, float] | None:
-        """What a model call holds: tokens (prompt + expected answer) and cost (the last turn's)."""
+        """What a model call holds: tokens (prompt + the answer's cap) and cost: the most that call
+        can cost on its route (the dearest model of the chain, at the answer's cap), so concurrent runs
+        can never together spend past a limit. A model without known prices holds the last turn's cost."""
         if self.budget is None:
             return None
-        tokens = sum(estimate_tokens(m.content) for m in request.messages)
-        tokens += request.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-        amounts: dict[str, float] = {"tokens": float(tokens)}
+        prompt = sum(estimate_tokens(m.content) for m in request.messages)
+        answer = request.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        amounts: dict[str, float] = {"tokens": float(prompt + answer)}
+        bound = getattr(self.model, "max_cost_usd", None)
+        cost = bound(request, prompt, answer) if callable(bound) else None
         last = self.state.last_response
-        if last is not None and last.usage.cost_usd is not None:
-            amounts["cost_usd"] = last.usage.cost_usd
+        if cost is None and last is not None:
+            cost = last.usage.cost_usd
+        if cost is not None:
+            amounts["cost_usd"] = float(cost)
         return amounts
 
     async def _reserve_tool_call(self, tool: Tool) -> Reservation | None:

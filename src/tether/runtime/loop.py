@@ -226,6 +226,7 @@ class RunLoop(HumanSteps, SagaSteps, BudgetSteps, GuardSteps):
             principal=self.run.principal,
             tenant=self.run.tenant,
             tags=self.agent.tags,
+            max_output_tokens=self.agent.max_output_tokens,
         )
         self._last_request = request
         announced = EventDraft(

@@ -131,14 +131,17 @@ class Runtime:
         self.max_attempts = max_attempts
         # Budgets hold across processes: by default their counters live in the run store's file.
         self.budget_policy = budget_policy or BudgetPolicy()
+        # (SQLite: the store's own file and transactions; PostgreSQL: the store's database.)
+        self._owned_budget_backend: BudgetBackend | None = None
         if budget_backend is None:
+            make = getattr(self.store, "budget_backend", None)
             if isinstance(self.store, SqliteRunStore):
                 budget_backend = SqliteBudgetBackend(self.store.path, connection=self.store.connection)
+            elif callable(make):
+                budget_backend = make()
             else:
                 budget_backend = InMemoryBudgetBackend()
-            self._owned_budget_backend: SqliteBudgetBackend | InMemoryBudgetBackend | None = budget_backend
-        else:
-            self._owned_budget_backend = None
+            self._owned_budget_backend = budget_backend
         self.budget_backend = budget_backend
         # Tracing, metrics and logs plug in here (tether.observe); plain sinks see each event.
         self.observers: list[RunObserver] = [*observers, *(SinkObserver(sink) for sink in event_sinks)]
@@ -175,8 +178,9 @@ class Runtime:
     async def aclose(self) -> None:
         if self._owns_gateway:
             await self.gateway.aclose()
-        if isinstance(self._owned_budget_backend, SqliteBudgetBackend):
-            await self._owned_budget_backend.close()
+        close = getattr(self._owned_budget_backend, "close", None)
+        if callable(close):
+            await close()
         if self._owns_store:
             await self.store.close()
 

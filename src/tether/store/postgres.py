@@ -18,6 +18,7 @@ from tether.errors import (
     RunNotFoundError,
     StoreError,
 )
+from tether.policy.budget_postgres import PostgresBudgetBackend
 from tether.store.base import (
     AuditEntry,
     Canary,
@@ -107,7 +108,13 @@ class PostgresRunStore:
         )
         self.url = self._db.url  # password masked
         self.schema = self._db.schema
+        self._connect_url = url
         self._clock = clock
+
+    def budget_backend(self) -> PostgresBudgetBackend:
+        """Budget counters in this store's database and schema (a pool of their own), shared by every
+        process using it: what the runtime uses when nothing else is configured."""
+        return PostgresBudgetBackend(self._connect_url, schema=self.schema)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> PostgresRunStore:
