@@ -112,8 +112,10 @@ class BudgetSteps(LoopSteps):
                 within=lambda: crossings.extend(budget.settle_joined(reservation, actual)),
             )
         else:
-            await self._append(*drafts, usage=usage, operations=operations)
+            # Charged first: a crash before the record then over-counts (the call is redone and charged
+            # again), never lets spent money go uncounted, which would let later calls pass a limit.
             crossings = await budget.settle(reservation, actual)
+            await self._append(*drafts, usage=usage, operations=operations)
         await self._warn(crossings)
 
     async def _release(self, reservation: Reservation | None) -> None:
