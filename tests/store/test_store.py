@@ -937,3 +937,22 @@ async def test_audit_is_listed_newest_first_and_filtered(store: RunStore, clock:
     assert [e.run_id for e in await store.list_audit(since_epoch_ms=clock.now_ms)] == ["r2"]
     assert await store.list_audit(tenants=[]) == []
     await store.append_audit([])
+
+
+async def test_claims_are_fair_across_tenants(store: RunStore, clock: Clock) -> None:
+    """A tenant's burst of older runs does not hold every worker: the tenant with the fewest runs in
+    progress goes next, oldest first within it."""
+    for n in range(4):
+        await store.create_run(NewRun(id=f"acme_{n}", agent_name="support", input="hi", tenant="acme"))
+        clock.advance(1)
+    await store.create_run(NewRun(id="globex_0", agent_name="support", input="hi", tenant="globex"))
+    order = []
+    for owner in ("A", "B", "C", "D"):
+        run = await store.claim_run(owner, 30)
+        assert run is not None
+        order.append(run.id)
+    assert order == ["acme_0", "globex_0", "acme_1", "acme_2"]
+    clock.advance(60)  # every lease lapsed: nobody is working on anything, so age decides again
+    taken = await store.claim_run("E", 30)
+    assert taken is not None
+    assert taken.id == "acme_0"

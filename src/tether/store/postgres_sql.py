@@ -35,10 +35,16 @@ SELECT created.*, (SELECT count(*) FROM woken) FROM created
 # The oldest claimable run, taken in one statement; rows another claimer holds are skipped, never
 # waited for, so concurrent workers each get a different run. A run whose attempts may be used up is
 # returned unclaimed: whether it is dead-lettered depends on its events (`_claim_exhausted`).
+# Fair across tenants: the claimable run of the tenant with the fewest runs being worked on goes
+# first (then the oldest), so one tenant's burst does not hold every worker while others wait.
 _CLAIM = """
-WITH target AS (
-    SELECT id, attempts FROM runs WHERE {where} ORDER BY created_at_epoch_ms, id COLLATE "C" LIMIT 1
-    FOR UPDATE SKIP LOCKED
+WITH busy AS (
+    SELECT tenant, count(*) AS n FROM runs
+    WHERE status = 'running' AND lease_expires_at_epoch_ms >= %(now)s GROUP BY tenant
+), target AS (
+    SELECT runs.id, runs.attempts FROM runs LEFT JOIN busy ON busy.tenant IS NOT DISTINCT FROM runs.tenant
+    WHERE {where} ORDER BY coalesce(busy.n, 0), runs.created_at_epoch_ms, runs.id COLLATE "C" LIMIT 1
+    FOR UPDATE OF runs SKIP LOCKED
 ), claimed AS (
     UPDATE runs SET status = 'running', lease_owner = %(owner)s, lease_expires_at_epoch_ms = %(expires)s,
         attempts = runs.attempts + 1, updated_at_epoch_ms = %(now)s
@@ -51,7 +57,7 @@ FROM target LEFT JOIN claimed ON claimed.id = target.id
 """
 _RETURNING = ", ".join(f"runs.{column.strip()}" for column in RUN_COLUMNS.split(","))
 CLAIM_NEXT = _CLAIM.format(where=CLAIMABLE, returning=_RETURNING)
-CLAIM_ONE = _CLAIM.format(where=f"id = %(run_id)s AND {CLAIMABLE}", returning=_RETURNING)
+CLAIM_ONE = _CLAIM.format(where=f"runs.id = %(run_id)s AND {CLAIMABLE}", returning=_RETURNING)
 # The fence: one UPDATE that touches the run only while `owner` holds its lease. Every other write of
 # the statement reads from it, so a worker that lost its lease writes nothing, in one round trip.
 _FENCE = (

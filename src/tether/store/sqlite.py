@@ -290,10 +290,14 @@ class SqliteRunStore:
                 return None
         with self._write() as db:
             if run_id is None:
+                # Fair across tenants: the tenant with the fewest runs being worked on goes first.
                 target = db.execute(
+                    "WITH busy AS (SELECT tenant, count(*) AS n FROM runs WHERE status = 'running' "
+                    "AND lease_expires_at_epoch_ms >= ? GROUP BY tenant) "
                     "SELECT id, attempts, status, lease_owner, error FROM runs "
-                    f"WHERE {claimable} ORDER BY created_at_epoch_ms, id LIMIT 1",
-                    (now,),
+                    "LEFT JOIN busy ON busy.tenant IS runs.tenant "
+                    f"WHERE {claimable} ORDER BY coalesce(busy.n, 0), created_at_epoch_ms, id LIMIT 1",
+                    (now, now),
                 ).fetchone()
             else:
                 target = db.execute(
