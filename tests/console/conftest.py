@@ -22,6 +22,7 @@ ROLES = {
     "operator": (None, frozenset({ADMIN})),
     "acme": ("acme", frozenset({RUNS_READ, RUNS_WRITE, INBOX_ANSWER})),
     "acme-reader": ("acme", frozenset({RUNS_READ})),
+    "acme-admin": ("acme", frozenset({ADMIN})),
     "globex": ("globex", frozenset({RUNS_READ, RUNS_WRITE, INBOX_ANSWER})),
 }
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')

@@ -327,3 +327,17 @@ async def test_status_page_shows_limits_and_controls_canaries(served: Served) ->
         after = (await client.get("/console/status")).text
     assert "rolled back" in after
     assert await served.runtime.store.current_canary("console-echo") is None
+
+
+async def test_only_an_operator_controls_canaries(served: Served) -> None:
+    """A tenant's admin key sees no canary controls and cannot roll back a canary every tenant shares."""
+    await served.runtime.canaries.start("console-echo", "2", baseline_version="1", share=0.5)
+    client, csrf = await served.signed_in("acme-admin")
+    async with aclosing(client):
+        assert "Roll back" not in (await client.get("/console/status")).text
+        refused = await client.post("/console/canaries/console-echo/rollback", data={"csrf": csrf})
+        assert refused.status_code == 403
+        assert "operator key" in refused.text
+    canary = await served.runtime.store.current_canary("console-echo")
+    assert canary is not None
+    assert canary.status == "running"

@@ -482,3 +482,16 @@ async def test_openapi_declares_every_error_as_problem_json(api: Api) -> None:
                 assert {"401", "403"} <= set(responses), (method, path)
     assert set(spec["paths"]["/api/runs"]["post"]["responses"]) == {"202", "400", "401", "403", "409", "422"}
     assert "HTTPValidationError" not in spec["components"].get("schemas", {})
+
+
+async def test_a_tenants_admin_cannot_touch_what_tenants_share(api: Api) -> None:
+    """Canaries and breakers are shared by every tenant: a tenant's admin key gets 403, nothing changes."""
+    body = {"candidate": "2", "baseline": "1"}
+    for method, path, payload in (
+        ("POST", "/api/canaries/api-echo", body),
+        ("GET", "/api/canaries/api-echo", None),
+        ("GET", "/api/breakers", None),
+    ):
+        problem = assert_problem(await api.call("acme-admin", method, path, payload), 403)
+        assert "operator key" in problem["detail"]
+    assert await api.runtime.store.current_canary("api-echo") is None

@@ -180,11 +180,24 @@ def _scoped(*scopes: str) -> Any:
     return Depends(dependency)
 
 
+def _operator(key: Annotated[ApiKey, Depends(_authenticate)]) -> ApiKey:
+    """Only an operator key (admin of no tenant) acts on what all tenants share: canaries, breakers."""
+    if not key.is_operator:
+        raise ProblemError(
+            403,
+            "Forbidden",
+            f"API key {key.id} is not an operator key (admin, no tenant): canaries and breakers are "
+            "shared by every tenant",
+        )
+    return key
+
+
 ReadKey = Annotated[ApiKey, _scoped(RUNS_READ)]
 WriteKey = Annotated[ApiKey, _scoped(RUNS_WRITE)]
 InboxReadKey = Annotated[ApiKey, _scoped(RUNS_READ, INBOX_ANSWER)]
 AnswerKey = Annotated[ApiKey, _scoped(INBOX_ANSWER)]
 AdminKey = Annotated[ApiKey, _scoped(ADMIN)]
+OperatorKey = Annotated[ApiKey, Depends(_operator)]
 MetricsKey = Annotated[ApiKey, _scoped(METRICS_READ)]
 Limit = Annotated[int, Query(ge=1, le=_MAX_LIMIT)]
 
@@ -290,7 +303,7 @@ def _add_status_routes(app: FastAPI, access: _Access, metrics: RunMetrics | None
     runtime = access.runtime
 
     @app.get("/api/breakers", tags=["status"], responses=_problems(401, 403))
-    async def list_breakers(key: AdminKey) -> list[JsonDict]:
+    async def list_breakers(key: OperatorKey) -> list[JsonDict]:
         """Every circuit breaker this process knows, with its state (closed, open, half_open)."""
         states = await runtime.gateway.breakers.states()
         return [{"target": name, "state": str(state)} for name, state in sorted(states.items())]
@@ -341,7 +354,7 @@ def _add_status_routes(app: FastAPI, access: _Access, metrics: RunMetrics | None
         tags=["canaries"],
         responses=_problems(400, 401, 403, 409, 422),
     )
-    async def start_canary(agent: str, body: StartCanary, key: AdminKey) -> JsonDict:
+    async def start_canary(agent: str, body: StartCanary, key: OperatorKey) -> JsonDict:
         """Route a share of the agent's new runs (sticky per principal) to a candidate version."""
         try:
             canary = await runtime.canaries.start(
@@ -359,7 +372,7 @@ def _add_status_routes(app: FastAPI, access: _Access, metrics: RunMetrics | None
         "/api/canaries/{agent}/{action}", tags=["canaries"], responses=_problems(400, 401, 403, 409, 422)
     )
     async def end_canary(
-        agent: str, action: Literal["promote", "rollback"], key: AdminKey, body: EndCanary | None = None
+        agent: str, action: Literal["promote", "rollback"], key: OperatorKey, body: EndCanary | None = None
     ) -> JsonDict:
         """Promote the running canary (every new run takes the candidate) or roll it back."""
         status = "promoted" if action == "promote" else "rolled_back"
@@ -371,7 +384,7 @@ def _add_status_routes(app: FastAPI, access: _Access, metrics: RunMetrics | None
         return ended.to_dict()
 
     @app.get("/api/canaries/{agent}", tags=["canaries"], responses=_problems(401, 403, 404, 422))
-    async def canary_status(agent: str, key: AdminKey) -> JsonDict:
+    async def canary_status(agent: str, key: OperatorKey) -> JsonDict:
         """The agent's latest canary compared with its baseline (judging may roll it back)."""
         report = await runtime.canaries.check(agent)
         if report is None:

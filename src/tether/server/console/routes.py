@@ -378,7 +378,7 @@ class _Console:
         @app.get(f"{PREFIX}/status", include_in_schema=False)
         async def status(request: Request) -> Response:
             session = self.session(request, RUNS_READ)
-            admin = session.can(ADMIN)
+            admin = session.key.is_operator  # breakers and canaries are shared by every tenant
             breakers = sorted((await runtime.gateway.breakers.states()).items()) if admin else []
             scope = Scope(run_id="-", tenant=session.key.tenant)
             usage = await Budget(runtime.budget_policy, runtime.budget_backend).usage(scope)
@@ -403,6 +403,10 @@ class _Console:
         @app.post(f"{PREFIX}/canaries/{{agent}}/{{action}}", include_in_schema=False)
         async def end_canary(request: Request, agent: str, action: str) -> Response:
             session = self.session(request, ADMIN)
+            if not session.key.is_operator:
+                raise _RefusedError(
+                    403, "canaries are shared by every tenant: only an operator key acts on them"
+                )
             fields = await self.form(request, session)
             if action not in ("promote", "rollback"):
                 raise _RefusedError(404, f"a canary is promoted or rolled back, not {action!r}")
