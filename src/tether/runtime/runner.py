@@ -146,6 +146,9 @@ class Runtime:
         # Tracing, metrics and logs plug in here (tether.observe); plain sinks see each event.
         self.observers: list[RunObserver] = [*observers, *(SinkObserver(sink) for sink in event_sinks)]
         self.worker_id = worker_id or new_worker_id()
+        # Set when this process queues a run (start, answer, replay): its own idle workers wake at once
+        # instead of at their next poll. Other processes' work is found by polling or NOTIFY.
+        self.work_arrived = asyncio.Event()
         self.canaries = Canaries(self.store)
         self.permissions = permissions
         self.baselines = None if behaviour is None else Baselines(self.store, behaviour)
@@ -216,6 +219,7 @@ class Runtime:
             )
         )
         if created:
+            self.work_arrived.set()
             self._emit(run, await self.store.load_events(run.id))
             candidate = self.shadows.get(agent.name)
             if candidate is not None:
@@ -364,6 +368,7 @@ class Runtime:
             answer["text"] = text
         result = await self.store.answer_escalation(escalation_id, answer, by)
         if result[1]:
+            self.work_arrived.set()
             run = await self.store.get_run(escalation.run_id)
             self._emit(run, (await self.store.load_events(escalation.run_id))[-1:])
         return result
@@ -396,6 +401,7 @@ class Runtime:
         before = await self.store.get_run(run_id)
         run, applied = await self.store.replay(run_id, by)
         if applied:
+            self.work_arrived.set()
             self._emit(run, await self.store.load_events(run_id, after_seq=before.event_count - 1))
         return run, applied
 
@@ -614,6 +620,7 @@ class Worker:
         try:
             while not stop.is_set():
                 if len(active) < self.concurrency:
+                    self.runtime.work_arrived.clear()  # before looking: what arrives after wakes us
                     run = await self.runtime._claim(owner, self.max_attempts)
                     if run is not None and run.status == RunStatus.DEAD_LETTERED:
                         self.stats.dead_lettered += 1
@@ -673,14 +680,20 @@ class Worker:
                 # Never cancelled: it ends by itself within IDLE_WAIT_S, and is awaited at the end.
                 self._listening = asyncio.ensure_future(wake(IDLE_WAIT_S))
             stopping = asyncio.ensure_future(stop.wait())
+            arrived = asyncio.ensure_future(self.runtime.work_arrived.wait())
             await asyncio.wait(
-                {stopping, self._listening, *active}, timeout=IDLE_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+                {stopping, arrived, self._listening, *active},
+                timeout=IDLE_WAIT_S,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             stopping.cancel()
+            arrived.cancel()
             return
         waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(stop.wait())}
         if active and len(active) >= self.concurrency:
             waiters |= set(active)  # type: ignore[arg-type]
+        else:
+            waiters.add(asyncio.ensure_future(self.runtime.work_arrived.wait()))
         await asyncio.wait(waiters, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             if waiter not in active and not waiter.done():

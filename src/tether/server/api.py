@@ -288,8 +288,9 @@ def create_api(
     @app.get("/healthz", tags=["status"])
     async def health() -> JsonDict:
         """Liveness without a key: the process answers and its store can be read."""
-        counts = await runtime.store.count_by_status()
-        return {"status": "ok", "queued": counts[RunStatus.QUEUED]}
+        # One indexed row at most: a probe stays cheap however many runs the store holds.
+        waiting = await runtime.store.list_runs(status=RunStatus.QUEUED, limit=1)
+        return {"status": "ok", "work_queued": bool(waiting)}
 
     access = _Access(runtime, agents)
     _add_run_routes(app, access, stream_poll_s=stream_poll_s, stream_max_s=stream_max_s)
